@@ -1,0 +1,41 @@
+# One task runner for the README and CI.  `make demo` / `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU build by default; for CUDA: make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+STAMP := $(VENV)/.atlas-installed
+DEMO_HOME ?= $(CURDIR)/.atlas-demo
+
+.PHONY: setup test lint demo postgres bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+postgres:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	@for i in 1 2 3 4 5 6 7 8 9 10; do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; \
+	  echo "PostgreSQL did not start on 127.0.0.1:5432" >&2; exit 1
+
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup postgres lint
+	$(BIN)/pytest
+
+demo: setup
+	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python jobs/demo.py
+
+bench: setup
+	$(BIN)/python benchmarks/score.py
+	$(BIN)/python benchmarks/nearest.py
+
+clean:
+	rm -rf $(DEMO_HOME) .pytest_cache .ruff_cache

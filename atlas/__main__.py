@@ -1,0 +1,5 @@
+"""`python -m atlas` runs the CLI."""
+
+from atlas.cli import main
+
+main()

@@ -1,0 +1,71 @@
+"""`atlas models` and `atlas status`: read what the store holds."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from atlas.cli.common import ctx_obj, out_console, print_json
+from atlas.tables import MODEL_STATUSES
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return ""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="List the models the atlas knows.", no_args_is_help=True)
+    app.add_typer(group, name="models")
+
+    @group.command("list")
+    def list_(
+        ctx: typer.Context,
+        status: str = typer.Option(
+            None, "--status", "-s", help=f"Only this status: {', '.join(MODEL_STATUSES)}."
+        ),
+        json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """List models with their status and, when skipped or failed, the reason."""
+        models = ctx_obj(ctx).atlas().models(status)
+        rows = [
+            {"model": m.repo_id, "status": m.status, "reason": m.reason, "revision": m.revision,
+             "model_type": m.model_type, "parameters": m.num_parameters,
+             "downloads": m.downloads, "base_models": m.base_models, "detail": m.detail}
+            for m in models
+        ]
+        if json:
+            print_json(rows)
+            return
+        table = Table("model", "status", "reason", "type", "params", "downloads")
+        for r in rows:
+            table.add_row(r["model"], r["status"], r["reason"] or "", r["model_type"] or "",
+                          _human(r["parameters"]), _human(r["downloads"]))
+        out_console.print(table)
+
+    @app.command("status")
+    def status(
+        ctx: typer.Context, json: bool = typer.Option(False, "--json", help="Print JSON.")
+    ) -> None:
+        """Counts per model status, the text sets, and the last sync."""
+        info = ctx_obj(ctx).atlas().status()
+        if json:
+            print_json(info)
+            return
+        out_console.print(f"database: {info['database']}")
+        out_console.print(f"home:     {info['home']}")
+        counts = ", ".join(f"{k} {v}" for k, v in info["models"].items())
+        out_console.print(f"models:   {counts}")
+        sets = ", ".join(f"{t['name']} ({t['kind']}, {t['size']})" for t in info["textsets"])
+        out_console.print(f"textsets: {sets or '-'}")
+        last = info["last_sync"]
+        if last is None:
+            out_console.print("last sync: never")
+        else:
+            out_console.print(
+                f"last sync: {last['started_at']:%Y-%m-%d %H:%M} {last['status']} {last['counts']}"
+            )

@@ -1,0 +1,78 @@
+"""`atlas textset`: import, list and show text sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from atlas.cli.common import ctx_obj, out_console, print_json
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Import, list and show text sets.", no_args_is_help=True)
+    app.add_typer(group, name="textset")
+
+    @group.command("import")
+    def import_(
+        ctx: typer.Context,
+        file: Path = typer.Argument(..., help="JSONL, CSV or Parquet file."),
+        name: str = typer.Option(None, "--name", "-n", help="Text set name (default: file stem)."),
+    ) -> None:
+        """Import prompt-response pairs (or plain texts) as a named, hashed text set."""
+        obj = ctx_obj(ctx)
+        result = obj.atlas().import_textset(file, name)
+        t = result.textset
+        verb = "imported" if result.created else "already stored (identical content)"
+        obj.info(f"{verb}: {t.name} ({t.kind}, {t.size} items, sha256 {t.sha256[:12]})")
+
+    @group.command("list")
+    def list_(
+        ctx: typer.Context, json: bool = typer.Option(False, "--json", help="Print JSON.")
+    ) -> None:
+        """List the stored text sets."""
+        sets = ctx_obj(ctx).atlas().textsets()
+        rows = [
+            {"name": t.name, "kind": t.kind, "size": t.size, "sha256": t.sha256,
+             "source": t.source, "created_at": t.created_at}
+            for t in sets
+        ]
+        if json:
+            print_json(rows)
+            return
+        table = Table("name", "kind", "size", "sha256", "source")
+        for r in rows:
+            table.add_row(r["name"], r["kind"], str(r["size"]), r["sha256"][:12], r["source"] or "")
+        out_console.print(table)
+
+    @group.command("show")
+    def show(
+        ctx: typer.Context,
+        name: str = typer.Argument(..., help="Text set name."),
+        limit: int = typer.Option(5, "--limit", "-l", help="Items to show."),
+        json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """Show a text set's metadata and its first items."""
+        t, items = ctx_obj(ctx).atlas().textset(name)
+        head = [
+            {k: v for k, v in vars(it).items() if v is not None} | {"index": i}
+            for i, it in enumerate(items[: max(limit, 0)])
+        ]
+        if json:
+            print_json({"name": t.name, "kind": t.kind, "size": t.size, "sha256": t.sha256,
+                        "source": t.source, "items": head})
+            return
+        out_console.print(f"{t.name}: {t.kind}, {t.size} items, sha256 {t.sha256}")
+        out_console.print(f"source: {t.source or '-'}")
+        for row in head:
+            if "text" in row:
+                out_console.print(f"[{row['index']}] {_short(row['text'])}", markup=False)
+            else:
+                out_console.print(f"[{row['index']}] user: {_short(row['prompt'])}", markup=False)
+                out_console.print(f"    assistant: {_short(row['response'])}", markup=False)
+
+
+def _short(text: str, width: int = 100) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"

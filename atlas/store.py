@@ -1,0 +1,289 @@
+"""The store: engine, sessions, migrations, and the queries every part shares."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import event, func
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlmodel import Session, col, create_engine, select
+
+from atlas.errors import MigrationError, NotFound, StoreUnavailable
+from atlas.settings import redact_url
+from atlas.tables import HubModel, StateEntry, SyncRun, TextSet, Vector, utcnow
+
+
+def migrations_dir() -> Path:
+    """The Alembic script folder, installed as `atlas.migrations`."""
+    try:
+        path = Path(str(resources.files("atlas.migrations")))
+    except ModuleNotFoundError:
+        path = Path(__file__).resolve().parent.parent / "migrations"
+    return path
+
+
+def alembic_config(url: str, connection: Any = None) -> Any:
+    """An Alembic config for `url`, independent of the working directory."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite gets foreign keys on and a busy timeout."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StoreUnavailable(f"invalid database URL {url!r}") from exc
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:":
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        try:
+            engine = create_engine(url, connect_args={"timeout": 30})
+        except NoSuchModuleError as exc:
+            raise StoreUnavailable(f"unsupported database URL {redact_url(url)}") from exc
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    try:
+        return create_engine(url, pool_pre_ping=True, connect_args=_connect_args(parsed))
+    except (NoSuchModuleError, ImportError) as exc:
+        raise StoreUnavailable(
+            f"unsupported database URL {redact_url(url)}",
+            hint="use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB",
+        ) from exc
+
+
+def _connect_args(parsed: Any) -> dict[str, Any]:
+    if parsed.get_backend_name() == "postgresql":
+        return {"connect_timeout": 10}
+    return {}
+
+
+class Store:
+    """The database of record: models, text sets, vectors, maps, sync runs."""
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        if migrate:
+            self.ensure_schema()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- schema -------------------------------------------------------------------------
+    def current_revision(self) -> str | None:
+        """The Alembic revision the database is at (None when empty)."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self._connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def head_revision(self) -> str | None:
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(alembic_config(self.url)).get_current_head()
+
+    def ensure_schema(self) -> bool:
+        """Migrate to the newest schema when behind; True when a migration ran."""
+        if self.current_revision() == self.head_revision():
+            return False
+        self.upgrade()
+        return True
+
+    def upgrade(self, revision: str = "head") -> None:
+        self._alembic("upgrade", revision)
+
+    def downgrade(self, revision: str) -> None:
+        self._alembic("downgrade", revision)
+
+    def _alembic(self, verb: str, revision: str) -> None:
+        from alembic import command
+
+        try:
+            with self._connect() as conn, conn.begin():
+                getattr(command, verb)(alembic_config(self.url, conn), revision)
+        except (StoreUnavailable, MigrationError):
+            raise
+        except Exception as exc:  # alembic raises a variety of types
+            raise MigrationError(f"database {verb} to {revision} failed: {exc}") from exc
+
+    @contextmanager
+    def _connect(self) -> Iterator[Any]:
+        try:
+            conn = self.engine.connect()
+        except (OperationalError, DBAPIError) as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise StoreUnavailable(
+                f"cannot open database {redact_url(self.url)}: {reason}"
+            ) from exc
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session whose work commits as one transaction, or not at all."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    # --- text sets ----------------------------------------------------------------------
+    def textset(self, name: str) -> TextSet:
+        """The text set called `name`, or NotFound."""
+        with self.session() as s:
+            found = s.exec(select(TextSet).where(TextSet.name == name)).first()
+        if found is None:
+            raise NotFound(
+                f"no text set named {name!r}",
+                hint="see `atlas textset list`, or import one with `atlas textset import`",
+            )
+        return found
+
+    def textsets(self) -> list[TextSet]:
+        with self.session() as s:
+            return list(s.exec(select(TextSet).order_by(TextSet.name)))
+
+    # --- models -------------------------------------------------------------------------
+    def model(self, repo_id: str) -> HubModel | None:
+        with self.session() as s:
+            return s.exec(select(HubModel).where(HubModel.repo_id == repo_id)).first()
+
+    def models(self, status: str | None = None) -> list[HubModel]:
+        query = select(HubModel).order_by(HubModel.repo_id)
+        if status:
+            query = query.where(HubModel.status == status)
+        with self.session() as s:
+            return list(s.exec(query))
+
+    def upsert_model(self, repo_id: str, **fields: Any) -> HubModel:
+        """Insert or update the model row for `repo_id` with `fields`."""
+        with self.session() as s:
+            row = s.exec(select(HubModel).where(HubModel.repo_id == repo_id)).first()
+            if row is None:
+                author = repo_id.split("/")[0] if "/" in repo_id else None
+                row = HubModel(repo_id=repo_id, author=author)
+            for key, value in fields.items():
+                setattr(row, key, value)
+            row.updated_at = utcnow()
+            s.add(row)
+            s.flush()
+            s.refresh(row)
+            return row
+
+    def set_status(
+        self, repo_id: str, status: str, reason: str | None = None, detail: str | None = None
+    ) -> None:
+        """Record a model's status with its reason (cleared when None)."""
+        self.upsert_model(repo_id, status=status, reason=reason, detail=detail)
+
+    def status_counts(self) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.exec(select(HubModel.status, func.count()).group_by(HubModel.status)).all()
+        return {status: int(n) for status, n in rows}
+
+    # --- vectors ------------------------------------------------------------------------
+    def put_vectors(self, pieces: Sequence[Vector]) -> None:
+        """Write several vector pieces atomically, replacing same-key pieces."""
+        with self.session() as s:
+            for piece in pieces:
+                old = s.exec(
+                    select(Vector).where(
+                        Vector.model_id == piece.model_id,
+                        Vector.revision == piece.revision,
+                        Vector.textset_id == piece.textset_id,
+                        Vector.variant == piece.variant,
+                        Vector.kind == piece.kind,
+                    )
+                ).first()
+                if old is not None:
+                    s.delete(old)
+                    s.flush()
+                s.add(piece)
+
+    def vector_pieces(
+        self, *, textset_id: int, model_id: int | None = None, revision: str | None = None
+    ) -> list[Vector]:
+        query = select(Vector).where(Vector.textset_id == textset_id)
+        if model_id is not None:
+            query = query.where(Vector.model_id == model_id)
+        if revision is not None:
+            query = query.where(Vector.revision == revision)
+        with self.session() as s:
+            return list(s.exec(query.order_by(col(Vector.id))))
+
+    def vector_matrix(
+        self, *, textset_id: int, variant: str, kind: str
+    ) -> tuple[list[HubModel], np.ndarray]:
+        """Models and their raw vectors (models x N, float32) for one piece key.
+
+        Uses each model's current revision when it has a vector for it, else its newest one.
+        """
+        query = (
+            select(Vector, HubModel)
+            .join(HubModel, col(HubModel.id) == Vector.model_id)
+            .where(Vector.textset_id == textset_id, Vector.variant == variant, Vector.kind == kind)
+            .order_by(col(HubModel.id), col(Vector.created_at))
+        )
+        chosen: dict[int, tuple[Vector, HubModel]] = {}
+        with self.session() as s:
+            for vec, model in s.exec(query):
+                held = chosen.get(model.id)  # type: ignore[arg-type]
+                if held is None or held[0].revision != model.revision:
+                    chosen[model.id] = (vec, model)  # type: ignore[index]
+        models = [m for _, m in chosen.values()]
+        if not chosen:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        matrix = np.stack([v.array() for v, _ in chosen.values()]).astype(np.float32)
+        return models, matrix
+
+    # --- state and sync runs ------------------------------------------------------------
+    def get_state(self, key: str) -> dict[str, Any]:
+        with self.session() as s:
+            entry = s.get(StateEntry, key)
+            return dict(entry.value) if entry else {}
+
+    def set_state(self, key: str, value: dict[str, Any]) -> None:
+        with self.session() as s:
+            entry = s.get(StateEntry, key) or StateEntry(key=key)
+            entry.value = value
+            entry.updated_at = utcnow()
+            s.add(entry)
+
+    def last_sync(self) -> SyncRun | None:
+        with self.session() as s:
+            return s.exec(select(SyncRun).order_by(col(SyncRun.started_at).desc())).first()
+
+    def high_water_mark(self) -> tuple[int, int]:
+        """(number of vector pieces, largest piece id): changes whenever vectors change."""
+        with self.session() as s:
+            n, newest = s.exec(select(func.count(col(Vector.id)), func.max(Vector.id))).one()
+        return int(n), int(newest or 0)

@@ -1,0 +1,1 @@
+"""Alembic migrations for the atlas store (installed as `atlas.migrations`)."""
