@@ -113,3 +113,72 @@ def test_pmi_is_conditional_minus_unconditional():
     np.testing.assert_allclose(vectors.pmi(L, uncond), np.tile([1.0, 2.0, 3.0, 4.0], (3, 1)))
     with pytest.raises(ValueError):
         vectors.pmi(L, L[:2])
+
+
+# --- matrices assembled from a real store (SQLite and Postgres) ---------------------------------
+
+
+def test_matrix_for_assembles_kinds_and_pmi(store):
+    from _vectorstore import make_textset, put_matrix, put_vector
+
+    from atlas import matrices
+    from atlas.errors import UsageError
+
+    ts = make_textset(store, 4)
+    put_matrix(store, ts, ["a/x", "b/y", "c/z"], L, tokens=np.array([2, 4, 6, 8]))
+    uncond = L - 1.5
+    # c/z has no unconditional vector: it drops out of pmi; b/y's cot vector is separate.
+    put_matrix(store, ts, ["b/y", "a/x"], uncond[[1, 0]], kind="unconditional")
+    put_vector(store, ts, "b/y", L[1] + 100, variant="cot")
+
+    models, cond = matrices.matrix_for(store, ts, "base", "conditional")
+    assert [m.repo_id for m in models] == ["a/x", "b/y", "c/z"]
+    np.testing.assert_array_equal(cond, L)
+    assert cond.dtype == np.float64
+
+    models, un = matrices.matrix_for(store, "synth", "cot", "unconditional")  # stored under base
+    assert [m.repo_id for m in models] == ["a/x", "b/y"]
+    np.testing.assert_array_equal(un, uncond[:2])
+
+    models, p = matrices.matrix_for(store, ts, "base", "pmi")
+    assert [m.repo_id for m in models] == ["a/x", "b/y"]
+    np.testing.assert_allclose(p, 1.5)
+
+    m = matrices.load(store, ts, "cot", "pmi")
+    assert [x.repo_id for x in m.models] == ["b/y"]
+    np.testing.assert_allclose(m.values, L[[1]] + 100 - uncond[[1]])
+    assert np.isnan(m.tokens[0])
+
+    full = matrices.load(store, ts)
+    np.testing.assert_array_equal(full.tokens, [5.0, 5.0, 5.0])
+    assert matrices.stamps(store, ts, "base", "conditional") == dict(
+        zip(full.model_ids, full.stamps, strict=True)
+    )
+    pmi_stamps = matrices.stamps(store, ts, "base", "pmi")
+    assert sorted(pmi_stamps) == matrices.load(store, ts, "base", "pmi").model_ids
+    assert all(len(s) == 2 for s in pmi_stamps.values())
+    only = matrices.load(store, ts, model_ids=[models[1].id])
+    assert only.model_ids == [models[1].id]
+    assert matrices.load(store, ts, "repeat").values.shape == (0, 4)
+    with pytest.raises(UsageError):
+        matrices.matrix_for(store, ts, "base", "bogus")
+    with pytest.raises(UsageError):
+        matrices.matrix_for(store, ts, "nope", "conditional")
+
+
+def test_matrix_prefers_the_current_revision(store):
+    from _vectorstore import make_textset, put_vector
+
+    from atlas import matrices
+
+    ts = make_textset(store, 4)
+    put_vector(store, ts, "a/x", L[0], revision="old")
+    put_vector(store, ts, "a/x", L[1], revision="new")
+    _, values = matrices.matrix_for(store, ts)
+    np.testing.assert_array_equal(values, L[[1]])
+    store.upsert_model("a/x", revision="old")
+    _, values = matrices.matrix_for(store, ts)
+    np.testing.assert_array_equal(values, L[[0]])
+    store.upsert_model("a/x", revision="neither")  # no piece for it: the newest one
+    _, values = matrices.matrix_for(store, ts)
+    np.testing.assert_array_equal(values, L[[1]])
