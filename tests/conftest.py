@@ -16,14 +16,43 @@ PG_ADMIN_URL = os.environ.get(
 
 @pytest.fixture(autouse=True)
 def atlas_home(tmp_path, monkeypatch):
-    """Point every setting at a temp dir so no test touches real data or caches."""
+    """Point every setting at a temp dir so no test touches real data, caches or tokens."""
+    from huggingface_hub import constants
+
     home = tmp_path / "atlas-home"
     monkeypatch.setenv("ATLAS_HOME", str(home))
     monkeypatch.delenv("ATLAS_DATABASE_URL", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    # huggingface_hub reads these into `constants` at import time: patch both.
+    hf_home = tmp_path / "hf-home"
+    for name, value in {
+        "HF_HOME": hf_home,
+        "HF_HUB_CACHE": hf_home / "hub",
+        "HF_TOKEN_PATH": hf_home / "token",
+        "HF_STORED_TOKENS_PATH": hf_home / "stored_tokens",
+        "AGENT_HARNESSES_PATH": hf_home / ".agent_harnesses.json",
+    }.items():
+        if hasattr(constants, name):
+            monkeypatch.setattr(constants, name, str(value))
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def zoo_models(tmp_path_factory):
+    """The tiny real model zoo (atlas.testing.zoo), built once per test session."""
+    from atlas.testing import zoo
+
+    return zoo.build_zoo_cached(tmp_path_factory.getbasetemp() / "zoo-cache")
+
+
+@pytest.fixture(scope="session")
+def zoo_by_name(zoo_models):
+    """Zoo models keyed by their repo-style name, e.g. `atlas-zoo/llama-base`."""
+    return {m.name: m for m in zoo_models}
 
 
 def _admin_engine():
