@@ -16,11 +16,25 @@ def _f64(a: np.ndarray) -> np.ndarray:
 
 
 def clip_threshold(L: np.ndarray, q: float = CLIP_QUANTILE) -> float:
-    """The q-quantile of the whole matrix: the floor that clipping raises values to."""
-    values = _f64(L)
+    """The q-quantile of the whole matrix (as `np.quantile`): the floor clipping raises to.
+
+    Works on a float32 matrix without a float64 copy; the result equals the float64 quantile.
+    """
+    values = np.asarray(L)
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
     if values.size == 0:
         raise ValueError("cannot compute a clipping threshold of an empty matrix")
-    return float(np.quantile(values, q))
+    if not 0.0 <= q <= 1.0:
+        raise ValueError("q must be in [0, 1]")
+    flat = values.reshape(-1)
+    position = q * (flat.size - 1)
+    lo = int(np.floor(position))
+    hi = min(lo + 1, flat.size - 1)
+    part = np.partition(flat, [lo, hi]) if flat.size > 1 else flat
+    a, b, t = float(part[lo]), float(part[hi]), position - lo
+    # numpy's lerp: from the nearer end, for identical rounding.
+    return b - (b - a) * (1.0 - t) if t >= 0.5 else a + (b - a) * t
 
 
 def clip(L: np.ndarray, threshold: float) -> np.ndarray:

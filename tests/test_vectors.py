@@ -182,3 +182,13 @@ def test_matrix_prefers_the_current_revision(store):
     store.upsert_model("a/x", revision="neither")  # no piece for it: the newest one
     _, values = matrices.matrix_for(store, ts)
     np.testing.assert_array_equal(values, L[[1]])
+
+
+def test_clip_threshold_equals_numpy_quantile_in_float32_and_float64():
+    rng = np.random.default_rng(3)
+    for shape in [(1, 1), (1, 7), (13, 17), (50, 301)]:
+        m = (rng.normal(size=shape) * 30 - 50).astype(np.float32)
+        for q in (0.0, 0.02, 0.3, 0.5, 0.77, 1.0):
+            expected = float(np.quantile(m.astype(np.float64), q))
+            assert vectors.clip_threshold(m, q) == expected
+            assert vectors.clip_threshold(m.astype(np.float64), q) == expected
