@@ -45,6 +45,30 @@ class Settings:
     def weights_dir(self) -> Path:
         return self.home / "weights"
 
+    @property
+    def map_refit_fraction(self) -> float:
+        """`ATLAS_MAP_REFIT_FRACTION` (default 0.2): growth since the last full map that refits."""
+        raw = os.environ.get("ATLAS_MAP_REFIT_FRACTION", "").strip()
+        try:
+            value = float(raw) if raw else 0.2
+        except ValueError:
+            value = -1.0
+        if not value > 0:
+            from atlas.errors import UsageError
+
+            raise UsageError(f"ATLAS_MAP_REFIT_FRACTION must be a positive number, not {raw!r}")
+        return value
+
+    @property
+    def index_mode(self) -> str:
+        """`ATLAS_INDEX_MODE`: exact, pca, or auto (default: pca from 100,000 models)."""
+        value = os.environ.get("ATLAS_INDEX_MODE", "").strip().lower() or "auto"
+        if value not in ("auto", "exact", "pca"):
+            from atlas.errors import UsageError
+
+            raise UsageError(f"ATLAS_INDEX_MODE must be auto, exact or pca, not {value!r}")
+        return value
+
     def with_url(self, url: str | None) -> Settings:
         return replace(self, database_url=url) if url else self
 

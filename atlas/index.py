@@ -1,0 +1,419 @@
+"""A persisted FAISS index of centred log-likelihood vectors, for KL nearest-neighbour queries.
+
+One index per (text set, variant, kind), keyed by stable model ids (`IndexIDMap2` over
+`IndexFlatL2`), saved under `Settings.index_dir` with a JSON manifest. The store is the truth:
+a stale, missing or corrupt index is rebuilt from it; models scored since the last full build
+are added incrementally, clipped with the stored threshold. Squared L2 distances between centred
+vectors are KL estimates up to the factor 1 / (2N).
+
+The compressed mode (`pca`) projects the centred vectors to a few hundred dimensions, searches
+that small flat index for candidates and re-ranks them exactly with the full vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atlas import matrices, vectors
+from atlas.errors import LockHeld, NotFound, UsageError
+from atlas.settings import Settings
+from atlas.store import Store
+from atlas.tables import TextSet
+
+FORMAT_VERSION = 1
+MODES = ("exact", "pca")
+PCA_FROM_MODELS = 100_000  # `auto` mode switches to pca from this many models
+PCA_DIMS = 256
+PCA_TRAIN_ROWS = 2048
+RERANK = 256  # pca mode: candidates re-ranked exactly per query
+REBUILD_GROWTH = 0.5  # full rebuild (new clip threshold) once models grew by this fraction
+CHUNK_ROWS = 2048
+LOCK_TIMEOUT_S = 900
+
+_threads_set = False
+
+
+def _faiss() -> Any:
+    """Import faiss, with a thread count that leaves one core free on big machines."""
+    global _threads_set
+    import faiss
+
+    if not _threads_set:
+        if not os.environ.get("OMP_NUM_THREADS"):
+            cores = os.cpu_count() or 1
+            faiss.omp_set_num_threads(max(1, min(cores - 1 if cores > 4 else cores, 16)))
+        _threads_set = True
+    return faiss
+
+
+def resolve_mode(mode: str, n_models: int) -> str:
+    """`exact` or `pca` for a requested mode (`auto` picks by model count)."""
+    if mode == "auto":
+        return "pca" if n_models >= PCA_FROM_MODELS else "exact"
+    if mode not in MODES:
+        raise UsageError(f"unknown index mode {mode!r}; choose from auto, {', '.join(MODES)}")
+    return mode
+
+
+@dataclass
+class KLIndex:
+    """Centred vectors of some models in FAISS, with the clip threshold they were made with."""
+
+    dim: int
+    threshold: float
+    mode: str = "exact"
+    flat: Any = None  # IndexIDMap2(IndexFlatL2(dim)): every full centred vector
+    coarse: Any = None  # pca mode: IndexIDMap2(IndexPreTransform(linear map, IndexFlatL2(d')))
+    pca_dims: int = 0
+    manifest: dict[str, Any] = field(default_factory=dict)
+    _idset: set[int] = field(default_factory=set, repr=False)
+
+    # --- construction ---------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        ids: Sequence[int],
+        raw: np.ndarray,
+        *,
+        threshold: float | None = None,
+        mode: str = "exact",
+        pca_dims: int = PCA_DIMS,
+        seed: int = 0,
+    ) -> KLIndex:
+        """An index of raw vectors (models x N): clipped at `threshold` (default: own 2%)."""
+        faiss = _faiss()
+        raw = np.asarray(raw)
+        if raw.ndim != 2 or len(ids) != raw.shape[0]:
+            raise ValueError("need one id per row of a models x N matrix")
+        if threshold is None:
+            threshold = vectors.clip_threshold(raw)
+        mode = resolve_mode(mode, len(ids))
+        index = cls(dim=raw.shape[1], threshold=float(threshold), mode=mode)
+        index.flat = faiss.IndexIDMap2(faiss.IndexFlatL2(index.dim))
+        if mode == "pca":
+            index.coarse, index.pca_dims = _pca_index(
+                faiss, index._centred_sample(raw, seed), pca_dims
+            )
+        index.add(ids, raw)
+        return index
+
+    def _centred_sample(self, raw: np.ndarray, seed: int) -> np.ndarray:
+        rows = np.arange(raw.shape[0])
+        if len(rows) > PCA_TRAIN_ROWS:
+            rows = np.sort(np.random.default_rng(seed).choice(rows, PCA_TRAIN_ROWS, replace=False))
+        return self.centre(raw[rows])
+
+    def centre(self, raw: np.ndarray) -> np.ndarray:
+        """Raw vectors clipped at the stored threshold and row-centred (float64)."""
+        return vectors.center(vectors.clip(raw, self.threshold))
+
+    def add(self, ids: Sequence[int], raw: np.ndarray) -> None:
+        """Add models (raw vectors, clipped with the stored threshold); ids must be new."""
+        raw = np.atleast_2d(np.asarray(raw))
+        if raw.shape[1] != self.dim:
+            raise ValueError(f"vectors have {raw.shape[1]} values, the index {self.dim}")
+        ids_arr = np.asarray(list(ids), dtype=np.int64)
+        new = set(ids_arr.tolist())
+        if new & self._idset or len(new) != len(ids_arr):
+            raise ValueError("model ids already in the index")
+        for start in range(0, len(ids_arr), CHUNK_ROWS):
+            block = self.centre(raw[start : start + CHUNK_ROWS]).astype(np.float32)
+            block_ids = ids_arr[start : start + CHUNK_ROWS]
+            self.flat.add_with_ids(block, block_ids)
+            if self.coarse is not None:
+                self.coarse.add_with_ids(block, block_ids)
+            self._idset.update(int(i) for i in block_ids)
+
+    # --- queries --------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return int(self.flat.ntotal)
+
+    def ids(self) -> list[int]:
+        """Model ids in insertion order."""
+        return [int(i) for i in _faiss().vector_to_array(self.flat.id_map)]
+
+    def __contains__(self, model_id: object) -> bool:
+        return model_id in self._idset
+
+    def vector(self, model_id: int) -> np.ndarray:
+        """A stored model's centred vector (float64)."""
+        try:
+            return self.flat.reconstruct(int(model_id)).astype(np.float64)
+        except RuntimeError as exc:
+            raise NotFound(f"model id {model_id} is not in the index") from exc
+
+    def search(
+        self, xi: np.ndarray, k: int = 10, *, exclude: Iterable[int] = (), rerank: int = RERANK
+    ) -> list[tuple[int, float]]:
+        """The k nearest (model id, squared distance) to a centred vector, nearest first."""
+        excluded = {int(i) for i in exclude}
+        k = min(k, self.size - len(excluded & self._idset))
+        if k <= 0:
+            return []
+        query = np.asarray(xi, dtype=np.float64).reshape(1, -1)
+        if query.shape[1] != self.dim:
+            raise ValueError(f"query has {query.shape[1]} values, the index {self.dim}")
+        want = k + len(excluded)
+        if self.coarse is not None:
+            want = max(want, rerank + len(excluded))
+        source = self.coarse if self.coarse is not None else self.flat
+        _, found = source.search(query.astype(np.float32), min(want, self.size))
+        candidates = [int(i) for i in found[0] if i >= 0 and int(i) not in excluded]
+        if not candidates:
+            return []
+        # Exact float64 distances to the stored float32 vectors, ties broken by id.
+        stored = self.flat.reconstruct_batch(np.asarray(candidates, dtype=np.int64))
+        diff = stored.astype(np.float64) - query
+        sq = np.einsum("ij,ij->i", diff, diff)
+        order = sorted(range(len(candidates)), key=lambda j: (sq[j], candidates[j]))[:k]
+        return [(candidates[j], float(sq[j])) for j in order]
+
+    def nbytes(self) -> int:
+        """Approximate memory of the stored vectors and ids."""
+        total = self.size * (self.dim * 4 + 16)
+        if self.coarse is not None:
+            total += self.size * (self.pca_dims * 4 + 16) + self.dim * self.pca_dims * 4
+        return total
+
+    # --- persistence ----------------------------------------------------------------------
+    def save(self, stem: Path) -> None:
+        """Write `<stem>.faiss` (and `<stem>.pca.faiss`), then `<stem>.json`, atomically."""
+        faiss = _faiss()
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(stem.with_suffix(".faiss"), lambda p: faiss.write_index(self.flat, str(p)))
+        pca = stem.with_suffix(".pca.faiss")
+        if self.coarse is not None:
+            _write_atomic(pca, lambda p: faiss.write_index(self.coarse, str(p)))
+        else:
+            pca.unlink(missing_ok=True)
+        manifest = {**self.manifest, "format": FORMAT_VERSION, "dim": self.dim,
+                    "clip_threshold": self.threshold, "mode": self.mode,
+                    "pca_dims": self.pca_dims,
+                    "n_models": self.size, "model_ids": self.ids()}
+        self.manifest = manifest
+        text = json.dumps(manifest, indent=1, sort_keys=True)
+        _write_atomic(stem.with_suffix(".json"), lambda p: p.write_text(text))
+
+    @classmethod
+    def load(cls, stem: Path) -> KLIndex:
+        """Read a saved index; raise IndexCorrupt when files disagree with the manifest."""
+        faiss = _faiss()
+        for suffix in (".json", ".faiss"):
+            if not stem.with_suffix(suffix).exists():
+                raise IndexMissing(f"no {stem.with_suffix(suffix).name}")
+        try:
+            manifest = json.loads(stem.with_suffix(".json").read_text())
+            if manifest.get("format") != FORMAT_VERSION:
+                raise IndexCorrupt(f"index format {manifest.get('format')!r}")
+            index = cls(dim=int(manifest["dim"]), threshold=float(manifest["clip_threshold"]),
+                        mode=str(manifest["mode"]), pca_dims=int(manifest.get("pca_dims", 0)),
+                        manifest=manifest)
+            index.flat = faiss.read_index(str(stem.with_suffix(".faiss")))
+            if index.mode == "pca":
+                index.coarse = faiss.read_index(str(stem.with_suffix(".pca.faiss")))
+        except IndexCorrupt:
+            raise
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise IndexCorrupt(f"unreadable index {stem}: {exc}") from exc
+        index._idset = set(index.ids())
+        index._validate()
+        return index
+
+    def _validate(self) -> None:
+        flat_ok = isinstance(self.flat, _faiss().IndexIDMap2) and self.flat.d == self.dim
+        if not flat_ok:
+            raise IndexCorrupt("index dimension does not match its manifest")
+        if self.ids() != [int(i) for i in self.manifest.get("model_ids", [])]:
+            raise IndexCorrupt("index ids do not match its manifest")
+        if self.coarse is not None and (
+            self.coarse.d != self.dim
+            or [int(i) for i in _faiss().vector_to_array(self.coarse.id_map)] != self.ids()
+        ):
+            raise IndexCorrupt("compressed index does not match the full one")
+
+
+class IndexMissing(Exception):
+    """No saved index at this path."""
+
+
+class IndexCorrupt(Exception):
+    """A saved index cannot be used as it is."""
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _pca_index(faiss: Any, sample: np.ndarray, dims: int) -> tuple[Any, int]:
+    """A flat index behind a PCA projection learnt from centred `sample` rows (numpy, float64)."""
+    n, d = sample.shape
+    dims = max(1, min(dims, d, max(n - 1, 1)))
+    mean = sample.mean(axis=0)
+    centred = sample - mean
+    # Top eigenvectors of the covariance via the n x n Gram matrix (n is small).
+    gram = centred @ centred.T
+    evals, evecs = np.linalg.eigh(gram)
+    top = np.argsort(evals)[::-1][:dims]
+    scale = np.sqrt(np.maximum(evals[top], 1e-12))
+    components = (centred.T @ evecs[:, top]) / scale  # d x dims, orthonormal columns
+    transform = faiss.LinearTransform(d, dims, True)
+    faiss.copy_array_to_vector(components.T.astype(np.float32).ravel(), transform.A)
+    faiss.copy_array_to_vector((-(mean @ components)).astype(np.float32), transform.b)
+    transform.is_trained = True
+    inner = faiss.IndexPreTransform(transform, faiss.IndexFlatL2(dims))
+    return faiss.IndexIDMap2(inner), dims
+
+
+# --- the store-backed index ------------------------------------------------------------------
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:64] or "textset"
+
+
+def index_stem(settings: Settings, textset: TextSet, variant: str, kind: str) -> Path:
+    """Where the index for one key lives (without suffix)."""
+    folder = settings.index_dir / f"{_slug(textset.name)}-{textset.sha256[:12]}"
+    return folder / f"{variant.replace('+', '_')}-{kind}"
+
+
+@dataclass
+class Refresh:
+    """What `open_index` had to do: nothing, an incremental add, or a full build (and why)."""
+
+    action: str  # "none", "added", "built"
+    reason: str = ""
+    added: int = 0
+
+
+def open_index(
+    store: Store,
+    settings: Settings,
+    textset: TextSet | str,
+    variant: str = "base",
+    kind: str = "conditional",
+    *,
+    mode: str | None = None,
+    rebuild: bool = False,
+) -> tuple[KLIndex, Refresh]:
+    """The up-to-date index for a key: loaded, refreshed incrementally or rebuilt from the store."""
+    from filelock import FileLock, Timeout
+
+    ts = matrices.resolve_textset(store, textset)
+    variant, kind = matrices.check_key(variant, kind)
+    requested = mode or settings.index_mode
+    stem = index_stem(settings, ts, variant, kind)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(str(stem.with_suffix(".lock")), timeout=LOCK_TIMEOUT_S):
+            return _refresh(store, ts, variant, kind, requested, stem, rebuild)
+    except Timeout as exc:
+        raise LockHeld(f"another process is rebuilding the index {stem}") from exc
+
+
+def _refresh(
+    store: Store, ts: TextSet, variant: str, kind: str, requested: str, stem: Path, rebuild: bool
+) -> tuple[KLIndex, Refresh]:
+    mark = list(store.high_water_mark())
+    key = {"textset": ts.name, "textset_sha256": ts.sha256, "variant": variant, "kind": kind}
+    index: KLIndex | None = None
+    reason = "rebuild requested" if rebuild else ""
+    if not rebuild:
+        try:
+            index = KLIndex.load(stem)
+            if any(index.manifest.get(k) != v for k, v in key.items()):
+                reason, index = "manifest does not match the text set or key", None
+        except IndexMissing:
+            reason = "no index yet"
+        except IndexCorrupt as exc:
+            reason = f"corrupt index ({exc})"
+    if index is not None and index.manifest.get("high_water_mark") == mark:
+        if resolve_mode(requested, index.size) == index.mode:
+            return index, Refresh("none")
+        reason, index = f"mode changed to {resolve_mode(requested, index.size)}", None
+    current = matrices.stamps(store, ts, variant, kind)
+    if index is not None:
+        held = {int(k): tuple(v) for k, v in index.manifest.get("stamps", {}).items()}
+        new_ids = [m for m in current if m not in held]
+        built_with = int(index.manifest.get("built_models", index.size))
+        if any(current.get(m) != s for m, s in held.items()):
+            reason = "models were rescored or removed"
+        elif resolve_mode(requested, len(current)) != index.mode:
+            reason = f"mode changed to {resolve_mode(requested, len(current))}"
+        elif len(current) > built_with * (1 + REBUILD_GROWTH):
+            reason = f"models grew from {built_with} to {len(current)} since the full build"
+        else:
+            if new_ids:
+                m = matrices.load(store, ts, variant, kind, model_ids=new_ids)
+                index.add(m.model_ids, m.values)
+                held.update(zip(m.model_ids, m.stamps, strict=True))
+            index.manifest.update(high_water_mark=mark, updated=_now(),
+                                  stamps={str(k): list(v) for k, v in held.items()})
+            index.save(stem)
+            return index, Refresh("added" if new_ids else "none", added=len(new_ids))
+    m = matrices.load(store, ts, variant, kind)
+    if not m.models:
+        raise NotFound(
+            f"no {kind} vectors for text set {ts.name!r} (variant {variant})",
+            hint=f"score models first: `atlas score MODEL --textset {ts.name}`",
+        )
+    index = KLIndex.build(m.model_ids, m.values, mode=resolve_mode(requested, len(m.models)))
+    index.manifest = {**key, "high_water_mark": mark, "built_models": index.size,
+                      "built": _now(), "updated": _now(),
+                      "stamps": {str(i): list(s) for i, s in zip(m.model_ids, m.stamps,
+                                                                 strict=True)}}
+    index.save(stem)
+    return index, Refresh("built", reason=reason)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def saved_keys(settings: Settings, textset: TextSet) -> list[tuple[str, str]]:
+    """(variant, kind) of every index saved for a text set."""
+    folder = index_stem(settings, textset, "base", "conditional").parent
+    keys = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            manifest = json.loads(path.read_text())
+            keys.append((str(manifest["variant"]), str(manifest["kind"])))
+        except (OSError, ValueError, KeyError):
+            continue
+    return keys
+
+
+def refresh_indexes(
+    store: Store, settings: Settings, textset: TextSet | str | None = None
+) -> dict[str, Refresh]:
+    """Bring the saved indexes (and base/conditional) of text sets up to date; sync calls this.
+
+    Newly scored models are added incrementally; returns what was done per index.
+    """
+    sets = [matrices.resolve_textset(store, textset)] if textset else store.textsets()
+    done: dict[str, Refresh] = {}
+    for ts in sets:
+        keys = dict.fromkeys([("base", "conditional"), *saved_keys(settings, ts)])
+        for variant, kind in keys:
+            try:
+                _, what = open_index(store, settings, ts, variant, kind)
+            except NotFound:
+                continue
+            done[f"{ts.name}/{variant}/{kind}"] = what
+    return done
+
