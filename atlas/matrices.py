@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sqlmodel import col, select
@@ -59,13 +60,24 @@ def _choose(rows: Iterable[tuple[Vector, HubModel]]) -> dict[int, tuple[Vector, 
     return chosen
 
 
+def _of(ts: TextSet, variant: str, kind: str) -> tuple[Any, ...]:
+    """Conditions for pieces of one key that match the text set's content."""
+    return (
+        Vector.textset_id == ts.id,
+        Vector.variant == variant,
+        Vector.kind == kind,
+        Vector.textset_sha256 == ts.sha256,
+        Vector.n == ts.size,
+    )
+
+
 def _stored(
-    store: Store, textset_id: int, variant: str, kind: str, model_ids: Iterable[int] | None
+    store: Store, ts: TextSet, variant: str, kind: str, model_ids: Iterable[int] | None
 ) -> dict[int, tuple[Vector, HubModel]]:
     query = (
         select(Vector, HubModel)
         .join(HubModel, col(HubModel.id) == Vector.model_id)
-        .where(Vector.textset_id == textset_id, Vector.variant == variant, Vector.kind == kind)
+        .where(*_of(ts, variant, kind))
         .order_by(col(HubModel.id), col(Vector.created_at), col(Vector.id))
     )
     if model_ids is not None:
@@ -83,7 +95,7 @@ def stamps(store: Store, textset: TextSet | str, variant: str, kind: str) -> dic
         query = (
             select(Vector.id, Vector.revision, HubModel.id, HubModel.revision)
             .join(HubModel, col(HubModel.id) == Vector.model_id)
-            .where(Vector.textset_id == ts.id, Vector.variant == v, Vector.kind == k)
+            .where(*_of(ts, v, k))
             .order_by(col(HubModel.id), col(Vector.created_at), col(Vector.id))
         )
         chosen: dict[int, tuple[int, str]] = {}
@@ -118,15 +130,15 @@ def load(
     variant, kind = check_key(variant, kind)
     ids = None if model_ids is None else list(model_ids)
     if kind == "pmi":
-        cond = _stored(store, ts.id, variant, "conditional", ids)  # type: ignore[arg-type]
-        uncond = _stored(store, ts.id, "base", "unconditional", ids)  # type: ignore[arg-type]
+        cond = _stored(store, ts, variant, "conditional", ids)
+        uncond = _stored(store, ts, "base", "unconditional", ids)
         keys = [m for m in cond if m in uncond]
         rows = [vectors.pmi(cond[m][0].array(), uncond[m][0].array()) for m in keys]
         stamp = [(int(cond[m][0].id), int(uncond[m][0].id)) for m in keys]  # type: ignore[arg-type]
         models = [cond[m][1] for m in keys]
         tokens = [_mean_tokens(cond[m][0]) for m in keys]
     else:
-        chosen = _stored(store, ts.id, variant, kind, ids)  # type: ignore[arg-type]
+        chosen = _stored(store, ts, variant, kind, ids)
         rows = [v.array() for v, _ in chosen.values()]
         stamp = [(int(v.id),) for v, _ in chosen.values()]  # type: ignore[arg-type]
         models = [m for _, m in chosen.values()]
