@@ -124,7 +124,10 @@ def analyze(
     models: list[str] | None = None,
     table_textsets: list[str] | None = None,
 ) -> PMIResult:
-    """PMI analysis of the stored vectors of `textset`, with Table 2 over `table_textsets`."""
+    """PMI analysis of the stored vectors of `textset`, with Table 2 over `table_textsets`.
+
+    `table_textsets` None means every stored prompt-response text set.
+    """
     from atlas.errors import NotFound
 
     def matrices(name: str, wanted: list[str] | None) -> PMIResult | None:
@@ -142,7 +145,9 @@ def analyze(
             hint="score models first with `atlas score`",
         )
     per_set = {textset: result}
-    for other in table_textsets or []:
+    if table_textsets is None:
+        table_textsets = [t.name for t in store.textsets() if t.kind == "pairs"]
+    for other in table_textsets:
         if other not in per_set:
             extra = matrices(other, None)
             if extra is not None:
