@@ -35,6 +35,7 @@ PCA_FROM_MODELS = 100_000  # `auto` mode switches to pca from this many models
 PCA_DIMS = 256
 PCA_TRAIN_ROWS = 2048
 RERANK = 256  # pca mode: candidates re-ranked exactly per query
+SHORTLIST = 32  # of those, how many (beyond k) get float64 distances
 REBUILD_GROWTH = 0.5  # full rebuild (new clip threshold) once models grew by this fraction
 CHUNK_ROWS = 2048
 LOCK_TIMEOUT_S = 900
@@ -43,14 +44,14 @@ _threads_set = False
 
 
 def _faiss() -> Any:
-    """Import faiss, with a thread count that leaves one core free on big machines."""
+    """Import faiss; threads: OMP_NUM_THREADS, else half the cores (at most 8)."""
     global _threads_set
     import faiss
 
     if not _threads_set:
         if not os.environ.get("OMP_NUM_THREADS"):
-            cores = os.cpu_count() or 1
-            faiss.omp_set_num_threads(max(1, min(cores - 1 if cores > 4 else cores, 16)))
+            # Single queries gain little from threads and lose a lot when cores are busy.
+            faiss.omp_set_num_threads(max(1, min((os.cpu_count() or 1) // 2, 8)))
         _threads_set = True
     return faiss
 
@@ -105,6 +106,21 @@ class KLIndex:
             )
         index.add(ids, raw)
         return index
+
+    def compressed(self, pca_dims: int = PCA_DIMS, *, seed: int = 0) -> KLIndex:
+        """A pca-mode index over the same full vectors (shared, not copied)."""
+        faiss = _faiss()
+        ids = np.asarray(self.ids(), dtype=np.int64)
+        rng = np.random.default_rng(seed)
+        pick = ids if len(ids) <= PCA_TRAIN_ROWS else rng.choice(ids, PCA_TRAIN_ROWS, False)
+        sample = self.flat.reconstruct_batch(np.sort(pick)).astype(np.float64)
+        coarse, dims = _pca_index(faiss, sample, pca_dims)
+        for start in range(0, len(ids), CHUNK_ROWS):
+            block = ids[start : start + CHUNK_ROWS]
+            coarse.add_with_ids(self.flat.reconstruct_batch(block), block)
+        return KLIndex(dim=self.dim, threshold=self.threshold, mode="pca", flat=self.flat,
+                       coarse=coarse, pca_dims=dims, manifest=dict(self.manifest),
+                       _idset=set(self._idset))  # fmt: skip
 
     def _centred_sample(self, raw: np.ndarray, seed: int) -> np.ndarray:
         rows = np.arange(raw.shape[0])
@@ -171,8 +187,13 @@ class KLIndex:
         candidates = [int(i) for i in found[0] if i >= 0 and int(i) not in excluded]
         if not candidates:
             return []
-        # Exact float64 distances to the stored float32 vectors, ties broken by id.
         stored = self.flat.reconstruct_batch(np.asarray(candidates, dtype=np.int64))
+        if len(candidates) > k + SHORTLIST:  # pca candidates: shortlist in float32 first
+            diff32 = stored - query.astype(np.float32)
+            near = np.argpartition(np.einsum("ij,ij->i", diff32, diff32), k + SHORTLIST)
+            near = np.sort(near[: k + SHORTLIST])
+            candidates, stored = [candidates[j] for j in near], stored[near]
+        # Exact float64 distances to the stored float32 vectors, ties broken by id.
         diff = stored.astype(np.float64) - query
         sq = np.einsum("ij,ij->i", diff, diff)
         order = sorted(range(len(candidates)), key=lambda j: (sq[j], candidates[j]))[:k]
@@ -259,24 +280,47 @@ def _write_atomic(path: Path, write: Any) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _pca_index(faiss: Any, sample: np.ndarray, dims: int) -> tuple[Any, int]:
-    """A flat index behind a PCA projection learnt from centred `sample` rows (numpy, float64)."""
+def _pca_index(faiss: Any, sample: np.ndarray, dims: int, seed: int = 0) -> tuple[Any, int]:
+    """A flat index behind a PCA projection learnt from centred `sample` rows.
+
+    The top components come from a randomized SVD (two power iterations) in float32: they only
+    choose candidates, which are then re-ranked exactly.
+    """
     n, d = sample.shape
     dims = max(1, min(dims, d, max(n - 1, 1)))
     mean = sample.mean(axis=0)
-    centred = sample - mean
-    # Top eigenvectors of the covariance via the n x n Gram matrix (n is small).
-    gram = centred @ centred.T
-    evals, evecs = np.linalg.eigh(gram)
-    top = np.argsort(evals)[::-1][:dims]
-    scale = np.sqrt(np.maximum(evals[top], 1e-12))
-    components = (centred.T @ evecs[:, top]) / scale  # d x dims, orthonormal columns
+    centred = (sample - mean).astype(np.float32)
+    width = min(dims + 16, n, d)
+    if width < min(n, d):  # project onto an approximate top subspace first
+        omega = np.random.default_rng(seed).standard_normal((d, width), dtype=np.float32)
+        basis = _orthonormal(centred @ omega)
+        for _ in range(2):
+            basis = _orthonormal(centred @ (centred.T @ basis))
+        centred = basis.T @ centred
+    components = _top_right_vectors(centred, dims)
     transform = faiss.LinearTransform(d, dims, True)
-    faiss.copy_array_to_vector(components.T.astype(np.float32).ravel(), transform.A)
+    faiss.copy_array_to_vector(np.ascontiguousarray(components.T, dtype=np.float32).ravel(),
+                               transform.A)  # fmt: skip
     faiss.copy_array_to_vector((-(mean @ components)).astype(np.float32), transform.b)
     transform.is_trained = True
     inner = faiss.IndexPreTransform(transform, faiss.IndexFlatL2(dims))
     return faiss.IndexIDMap2(inner), dims
+
+
+def _orthonormal(y: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of the columns of a tall matrix (via its small Gram matrix)."""
+    evals, evecs = np.linalg.eigh(y.T.astype(np.float64) @ y.astype(np.float64))
+    keep = evals > evals.max() * 1e-10
+    return (y @ (evecs[:, keep] / np.sqrt(evals[keep])).astype(y.dtype)).astype(np.float32)
+
+
+def _top_right_vectors(m: np.ndarray, dims: int) -> np.ndarray:
+    """The top `dims` right singular vectors of a short, wide matrix (d x dims), via its Gram."""
+    wide = m.astype(np.float64)
+    evals, evecs = np.linalg.eigh(wide @ wide.T)
+    top = np.argsort(evals)[::-1][:dims]
+    scale = np.sqrt(np.maximum(evals[top], 1e-12))
+    return (wide.T @ evecs[:, top]) / scale
 
 
 # --- the store-backed index ------------------------------------------------------------------

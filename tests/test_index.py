@@ -212,3 +212,15 @@ def test_refresh_indexes_and_kinds(store):
     }
     with pytest.raises(NotFound):
         open_index(store, settings, ts, "repeat", "conditional")
+
+
+def test_compressed_shares_the_full_vectors_and_agrees():
+    raw = clustered(80, 120, clusters=4, seed=7)
+    exact = KLIndex.build(range(80), raw)
+    pca = exact.compressed(16)
+    built = KLIndex.build(range(80), raw, mode="pca", pca_dims=16)
+    assert pca.mode == "pca" and pca.flat is exact.flat and pca.pca_dims == 16
+    for q in (0, 33, 79):
+        want = exact.search(exact.vector(q), 10, exclude=[q])
+        assert pca.search(pca.vector(q), 10, exclude=[q], rerank=80) == want
+        assert built.search(built.vector(q), 10, exclude=[q], rerank=80) == want
