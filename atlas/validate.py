@@ -352,6 +352,8 @@ def generate(
         for p in prompts
     ]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = 0 if pad is None else int(pad)
+    stops = {pad, *_eos_ids(model, tok)}
     device = next(model.parameters()).device
     out: list[list[str]] = [[] for _ in prompts]
     new_tokens: list[int] = []
@@ -372,7 +374,6 @@ def generate(
                     max_new_tokens=max_new_tokens, pad_token_id=pad,
                 )
             for r, row in enumerate(gen[:, width:].tolist()):
-                stops = {pad, *_eos_ids(model, tok)}
                 cut = next((k for k, t in enumerate(row) if t in stops), len(row))
                 new_tokens.append(min(cut + 1, len(row)))
                 out[start + r].append(tok.decode(row[:cut], skip_special_tokens=True))
