@@ -43,7 +43,7 @@ LOCK_TIMEOUT_S = 900
 _threads_set = False
 
 
-def _faiss() -> Any:
+def load_faiss() -> Any:
     """Import faiss; threads: OMP_NUM_THREADS, else half the cores (at most 8)."""
     global _threads_set
     import faiss
@@ -91,7 +91,7 @@ class KLIndex:
         seed: int = 0,
     ) -> KLIndex:
         """An index of raw vectors (models x N): clipped at `threshold` (default: own 2%)."""
-        faiss = _faiss()
+        faiss = load_faiss()
         raw = np.asarray(raw)
         if raw.ndim != 2 or len(ids) != raw.shape[0]:
             raise ValueError("need one id per row of a models x N matrix")
@@ -109,7 +109,7 @@ class KLIndex:
 
     def compressed(self, pca_dims: int = PCA_DIMS, *, seed: int = 0) -> KLIndex:
         """A pca-mode index over the same full vectors (shared, not copied)."""
-        faiss = _faiss()
+        faiss = load_faiss()
         ids = np.asarray(self.ids(), dtype=np.int64)
         rng = np.random.default_rng(seed)
         pick = ids if len(ids) <= PCA_TRAIN_ROWS else rng.choice(ids, PCA_TRAIN_ROWS, False)
@@ -156,7 +156,7 @@ class KLIndex:
 
     def ids(self) -> list[int]:
         """Model ids in insertion order."""
-        return [int(i) for i in _faiss().vector_to_array(self.flat.id_map)]
+        return [int(i) for i in load_faiss().vector_to_array(self.flat.id_map)]
 
     def __contains__(self, model_id: object) -> bool:
         return model_id in self._idset
@@ -209,7 +209,7 @@ class KLIndex:
     # --- persistence ----------------------------------------------------------------------
     def save(self, stem: Path) -> None:
         """Write `<stem>.faiss` (and `<stem>.pca.faiss`), then `<stem>.json`, atomically."""
-        faiss = _faiss()
+        faiss = load_faiss()
         stem.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(stem.with_suffix(".faiss"), lambda p: faiss.write_index(self.flat, str(p)))
         pca = stem.with_suffix(".pca.faiss")
@@ -228,7 +228,7 @@ class KLIndex:
     @classmethod
     def load(cls, stem: Path) -> KLIndex:
         """Read a saved index; raise IndexCorrupt when files disagree with the manifest."""
-        faiss = _faiss()
+        faiss = load_faiss()
         for suffix in (".json", ".faiss"):
             if not stem.with_suffix(suffix).exists():
                 raise IndexMissing(f"no {stem.with_suffix(suffix).name}")
@@ -251,14 +251,14 @@ class KLIndex:
         return index
 
     def _validate(self) -> None:
-        flat_ok = isinstance(self.flat, _faiss().IndexIDMap2) and self.flat.d == self.dim
+        flat_ok = isinstance(self.flat, load_faiss().IndexIDMap2) and self.flat.d == self.dim
         if not flat_ok:
             raise IndexCorrupt("index dimension does not match its manifest")
         if self.ids() != [int(i) for i in self.manifest.get("model_ids", [])]:
             raise IndexCorrupt("index ids do not match its manifest")
         if self.coarse is not None and (
             self.coarse.d != self.dim
-            or [int(i) for i in _faiss().vector_to_array(self.coarse.id_map)] != self.ids()
+            or [int(i) for i in load_faiss().vector_to_array(self.coarse.id_map)] != self.ids()
         ):
             raise IndexCorrupt("compressed index does not match the full one")
 
