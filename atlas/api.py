@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from atlas import textsets
 from atlas.errors import UsageError
@@ -11,6 +12,9 @@ from atlas.settings import Settings, redact_url
 from atlas.store import Store
 from atlas.tables import MODEL_STATUSES, HubModel, TextSet
 from atlas.textsets import ImportResult
+
+if TYPE_CHECKING:
+    from atlas.scoring import ScoreSummary
 
 
 class Atlas:
@@ -47,6 +51,38 @@ class Atlas:
     def ensure_sample(self) -> TextSet:
         """The packaged sample text set, imported as `sample` on first use."""
         return textsets.ensure_sample(self.store)
+
+    # --- scoring ------------------------------------------------------------------------
+    def score(
+        self,
+        model: str | Path,
+        textset: str = "sample",
+        *,
+        variants: Sequence[str] | str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_tokens: int | None = None,
+        name: str | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        batch_tokens: int | None = None,
+        force: bool = False,
+        progress: bool | Callable[[int], None] = True,
+        log: Callable[[str], None] | None = None,
+    ) -> ScoreSummary:
+        """Score a Hub repo id or local HF folder on a text set and store its vectors.
+
+        `variants` defaults to all four (base, cot, repeat, repeat+cot) on a pair set and to
+        the one base vector on a plain set; the unconditional vector is computed once.
+        """
+        from atlas.scoring import score_model
+
+        return score_model(
+            self.store, str(model), textset, variants=variants, device=device, dtype=dtype,
+            max_tokens=max_tokens, name=name, revision=revision,
+            trust_remote_code=trust_remote_code, batch_tokens=batch_tokens, force=force,
+            progress=progress, log=log, weights_dir=self.settings.weights_dir,
+        )  # fmt: skip
 
     # --- models and status --------------------------------------------------------------
     def models(self, status: str | None = None) -> list[HubModel]:

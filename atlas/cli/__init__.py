@@ -36,6 +36,7 @@ _COMMAND_MODULES = (
     "atlas.cli.db",
     "atlas.cli.textset",
     "atlas.cli.models",
+    "atlas.cli.score",
 )
 
 for _name in _COMMAND_MODULES:

@@ -1,0 +1,286 @@
+"""Resolve a model reference (a local folder or a Hub repo id) and load it for scoring.
+
+Only safetensors weights and tokenizer/config files are ever downloaded or read; a repo or
+folder without safetensors is refused (`no-safetensors`) and never unpickled. Remote code is off
+unless the caller turns it on for one run.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from atlas.errors import ModelFailure, UsageError
+
+# Root-level files a scorer needs: weights (safetensors only), configs, tokenizer, templates.
+ALLOW_PATTERNS = (
+    "*.safetensors",
+    "*.json",
+    "*.jinja",
+    "*.model",
+    "*.txt",
+    "*.tiktoken",
+)
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+RETRIES = 3
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a model comes from: its store name, source, revision, and files to fetch."""
+
+    repo_id: str
+    source: str
+    revision: str
+    path: Path | None = None
+    files: tuple[str, ...] = ()
+
+
+@dataclass
+class LoadedModel:
+    """A model and tokenizer ready to score, with what the store records about them."""
+
+    model: Any
+    tokenizer: Any
+    device: str
+    dtype: str
+    model_type: str | None
+    architecture: str | None
+    num_parameters: int
+    has_chat_template: bool
+
+
+def _wanted(name: str) -> bool:
+    return "/" not in name and any(fnmatch.fnmatch(name, p) for p in ALLOW_PATTERNS)
+
+
+def select_files(names: list[str]) -> list[str]:
+    """The root-level files to fetch: safetensors weights (indexed shards only) and metadata."""
+    chosen = sorted(n for n in names if _wanted(n))
+    weights = [n for n in chosen if n.endswith(".safetensors")]
+    if "model.safetensors.index.json" in chosen or any(n.startswith("model") for n in weights):
+        # Repos often carry a second copy (consolidated.safetensors): keep the transformers one.
+        drop = {n for n in weights if not n.startswith("model")}
+        chosen = [n for n in chosen if n not in drop]
+    return chosen
+
+
+def local_revision(folder: Path) -> str:
+    """A 40-hex content hash of a folder's weights, tokenizer and config files."""
+    digest = hashlib.sha256()
+    for name in select_files([p.name for p in folder.iterdir() if p.is_file()]):
+        file_hash = hashlib.sha256()
+        with (folder / name).open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                file_hash.update(block)
+        digest.update(f"{name}\0{file_hash.hexdigest()}\n".encode())
+    return digest.hexdigest()[:40]
+
+
+def _has_safetensors(names: list[str]) -> bool:
+    return any(n.endswith(".safetensors") for n in names if "/" not in n)
+
+
+def _looks_local(reference: str) -> bool:
+    return reference.startswith((".", "/", "~")) or reference.count("/") > 1
+
+
+def resolve(reference: str, *, name: str | None = None, revision: str | None = None) -> ModelRef:
+    """A local folder (store name: `name` or the folder name) or a Hub repo id at `revision`.
+
+    Hub failures (missing repo, no safetensors, network) raise ModelFailure for `reference`.
+    """
+    folder = Path(reference).expanduser()
+    if folder.is_dir():
+        repo_id = name or folder.resolve().name
+        return ModelRef(repo_id, "local", local_revision(folder), folder.resolve())
+    if _looks_local(reference) or folder.exists():
+        raise UsageError(f"no such model folder: {reference}")
+    if name is not None and name != reference:
+        raise UsageError("--name applies to local folders; a Hub model is named by its repo id")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(reference)
+    except HFValidationError as exc:
+        raise UsageError(f"{reference!r} is neither a folder nor a Hub repo id") from exc
+    return _resolve_hub(reference, revision)
+
+
+def endpoint() -> str | None:
+    """HF_ENDPOINT read now (huggingface_hub reads it only once, at import)."""
+    value = os.environ.get("HF_ENDPOINT")
+    return value.rstrip("/") if value else None
+
+
+def _retrying(call: Any, what: str) -> Any:
+    """Run a Hub call, retrying server errors and dropped connections with backoff."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    for attempt in range(RETRIES):
+        try:
+            return call()
+        except GatedRepoError as exc:
+            raise ModelFailure(
+                "download-error", f"{what} is gated (accept its terms and set HF_TOKEN)"
+            ) from exc
+        except RepositoryNotFoundError as exc:
+            raise ModelFailure("download-error", f"{what} was not found (or is private)") from exc
+        except RevisionNotFoundError as exc:
+            raise ModelFailure("download-error", f"{what} has no such revision") from exc
+        except (HfHubHTTPError, OSError) as exc:
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            retryable = status is None or status == 429 or status >= 500
+            if not retryable or attempt == RETRIES - 1:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ModelFailure("download-error", f"{what}: {first}") from exc
+            time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _resolve_hub(repo_id: str, revision: str | None) -> ModelRef:
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint())
+    info = _retrying(lambda: api.model_info(repo_id, revision=revision), repo_id)
+    names = [s.rfilename for s in (info.siblings or [])]
+    if not _has_safetensors(names):
+        raise ModelFailure("no-safetensors", f"{repo_id} has no .safetensors weights")
+    if not info.sha:
+        raise ModelFailure("download-error", f"{repo_id}: the Hub gave no revision sha")
+    return ModelRef(repo_id, "hub", info.sha, None, tuple(select_files(names)))
+
+
+def fetch(ref: ModelRef, cache_dir: Path | None = None) -> Path:
+    """The model's folder: local as is, or the Hub snapshot of exactly `ref.files`."""
+    if ref.path is not None:
+        return ref.path
+    from huggingface_hub import snapshot_download
+
+    folder = _retrying(
+        lambda: snapshot_download(
+            ref.repo_id,
+            revision=ref.revision,
+            allow_patterns=list(ref.files),
+            cache_dir=cache_dir,
+            endpoint=endpoint(),
+        ),
+        ref.repo_id,
+    )
+    return Path(folder)
+
+
+def pick_device(device: str = "auto") -> str:
+    """cuda when asked or available (auto), else cpu."""
+    import torch
+
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise UsageError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but torch sees no CUDA device")
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> Any:
+    """bfloat16 on GPU (float16 where bf16 is unsupported) and float32 on CPU, unless asked."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def _config_info(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def load(
+    folder: Path,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load tokenizer and causal LM from a folder: safetensors only, SDPA attention."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from atlas.templates import has_chat_template
+
+    names = [p.name for p in folder.iterdir() if p.is_file()]
+    if not _has_safetensors(names):
+        raise ModelFailure("no-safetensors", f"{folder} holds no .safetensors weights")
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    hint = ""
+    if "auto_map" in _config_info(folder) and not trust_remote_code:
+        hint = " (the model ships its own code: rerun with --trust-remote-code if you trust it)"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise ModelFailure("load-error", f"cannot load the tokenizer: {exc}{hint}") from exc
+    kwargs: dict[str, Any] = dict(
+        dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
+    if dev.startswith("cuda"):
+        kwargs["device_map"] = dev
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # atlas shows its own progress
+    try:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, attn_implementation="sdpa", **kwargs
+            )
+        except ValueError as exc:  # architectures without SDPA support
+            if "sdpa" not in str(exc).lower():
+                raise
+            model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    except Exception as exc:
+        if _is_oom(exc):
+            raise ModelFailure("out-of-memory", f"the weights do not fit on {dev}") from exc
+        raise ModelFailure("load-error", f"cannot load the model: {exc}{hint}") from exc
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    if not dev.startswith("cuda"):
+        model = model.to(dev)
+    model.eval()
+    config = model.config
+    architectures = getattr(config, "architectures", None) or [type(model).__name__]
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        device=str(next(model.parameters()).device),
+        dtype=str(torch_dtype).removeprefix("torch."),
+        model_type=getattr(config, "model_type", None),
+        architecture=architectures[0],
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        has_chat_template=has_chat_template(tokenizer),
+    )
+
+
+def _is_oom(exc: BaseException) -> bool:
+    from atlas.scorer import _is_oom as is_oom
+
+    return is_oom(exc)

@@ -1,0 +1,283 @@
+"""Scoring into the store: status bookkeeping, provenance, resume, and failure reasons."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import col, delete
+
+from atlas import loading, textsets
+from atlas.errors import ModelFailure, UsageError
+from atlas.store import Store
+from atlas.tables import VARIANTS, Vector
+from atlas.templates import parse_variants
+
+Piece = tuple[str, str]
+ProgressArg = bool | Callable[[int], None]
+
+
+@dataclass
+class ScoreSummary:
+    """What one scoring run did for one model and text set."""
+
+    model: str
+    revision: str
+    source: str
+    textset: str
+    textset_sha256: str
+    items: int
+    computed: list[Piece] = field(default_factory=list)
+    reused: list[Piece] = field(default_factory=list)
+    scored_tokens: int = 0
+    forward_tokens: int = 0
+    truncated: int = 0
+    response_truncated: int = 0
+    device: str | None = None
+    dtype: str | None = None
+    seconds: float = 0.0
+    status: str = "scored"
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Tokens through the model per second of scoring (0 when nothing was computed)."""
+        return self.forward_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        """A one-line human summary."""
+        names = ", ".join(f"{v}/{k}" for v, k in self.computed) or "nothing new"
+        text = (
+            f"scored {self.model}@{self.revision[:10]} on {self.textset} "
+            f"({self.items} items): computed {names}"
+        )
+        if self.reused:
+            text += f"; reused {len(self.reused)} stored piece(s)"
+        if self.computed:
+            text += (
+                f"; {self.forward_tokens:,} tokens in {self.seconds:.1f} s "
+                f"({self.tokens_per_second:,.0f} tok/s, {self.device} {self.dtype})"
+            )
+        if self.truncated:
+            text += f"; {self.truncated} item(s) truncated"
+            if self.response_truncated:
+                text += f" ({self.response_truncated} with the response cut)"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as plain data (for --json)."""
+        data = asdict(self)
+        data["computed"] = [list(p) for p in self.computed]
+        data["reused"] = [list(p) for p in self.reused]
+        data["tokens_per_second"] = round(self.tokens_per_second, 1)
+        return data
+
+
+def stored_pieces(store: Store, *, model_id: int, revision: str, textset: Any) -> set[Piece]:
+    """(variant, kind) pieces already stored for this model revision and text-set content."""
+    return {
+        (v.variant, v.kind)
+        for v in store.vector_pieces(textset_id=textset.id, model_id=model_id, revision=revision)
+        if v.textset_sha256 == textset.sha256 and v.n == textset.size
+    }
+
+
+def delete_vectors(store: Store, ids: Sequence[int]) -> None:
+    """Remove vector pieces by id (undoes a failed run's writes)."""
+    if not ids:
+        return
+    with store.session() as s:
+        s.exec(delete(Vector).where(col(Vector.id).in_(list(ids))))  # type: ignore[call-overload]
+
+
+def _progress_bar(total: int, description: str) -> Any:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    bar.add_task(description, total=total)
+    return bar
+
+
+def score_model(
+    store: Store,
+    model_ref: str,
+    textset_name: str = textsets.SAMPLE_NAME,
+    *,
+    variants: Sequence[str] | str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    max_tokens: int | None = None,
+    name: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    batch_tokens: int | None = None,
+    force: bool = False,
+    progress: ProgressArg = False,
+    log: Callable[[str], None] | None = None,
+    weights_dir: Path | None = None,
+) -> ScoreSummary:
+    """Score a local folder or Hub model on a stored text set; store each piece as it finishes.
+
+    Resumes: pieces stored for this model revision and text set are not recomputed (unless
+    `force`). On a ModelFailure the model is marked failed with the reason, the pieces written
+    by this run are removed, and the failure is raised.
+    """
+    say = log or (lambda _msg: None)
+    if max_tokens is not None and max_tokens < 2:
+        raise UsageError("--max-tokens must be at least 2")
+    if batch_tokens is not None and batch_tokens < 1:
+        raise UsageError("--batch-tokens must be positive")
+    if textset_name == textsets.SAMPLE_NAME:
+        textsets.ensure_sample(store)
+    textset, items = textsets.load_items(store, textset_name)
+    plain = textset.kind == "plain"
+    chosen = parse_variants(variants) if variants is not None else VARIANTS
+    if plain and chosen != ("base",) and variants is not None:
+        raise UsageError(f"text set {textset_name!r} is plain: it has only the base variant")
+    from atlas.scorer import plan_pieces
+
+    planned = plan_pieces(plain, chosen)
+
+    try:
+        ref = loading.resolve(model_ref, name=name, revision=revision)
+    except ModelFailure as failure:
+        _record_failure(store, model_ref, failure, source="hub")
+        raise
+    row = store.model(ref.repo_id)
+    done: set[Piece] = set()
+    if row is not None and not force:
+        done = stored_pieces(store, model_id=row.id, revision=ref.revision, textset=textset)
+    todo = [p for p in planned if p not in done]
+    summary = ScoreSummary(
+        model=ref.repo_id, revision=ref.revision, source=ref.source, textset=textset.name,
+        textset_sha256=textset.sha256, items=textset.size,
+        reused=[p for p in planned if p in done],
+    )  # fmt: skip
+    if not todo:
+        if row is not None and row.status != "scored" and row.revision == ref.revision:
+            store.set_status(ref.repo_id, "scored")
+        say(f"{ref.repo_id}: every requested piece is already stored")
+        return summary
+
+    previous = row.status if row is not None else "discovered"
+    attempts = (row.attempts if row is not None else 0) + 1
+    store.upsert_model(
+        ref.repo_id, status="scoring", reason=None, detail=None, revision=ref.revision,
+        source=ref.source, attempts=attempts,
+    )  # fmt: skip
+    written: list[int] = []
+    try:
+        _run(store, ref, textset, items, todo, summary, written,
+             device=device, dtype=dtype, max_tokens=max_tokens,
+             trust_remote_code=trust_remote_code, batch_tokens=batch_tokens,
+             progress=progress, say=say, weights_dir=weights_dir)  # fmt: skip
+    except ModelFailure as failure:
+        delete_vectors(store, written)
+        _record_failure(store, ref.repo_id, failure, source=ref.source)
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        # Finished pieces stay: the next run resumes from them.
+        store.set_status(ref.repo_id, previous)
+        raise
+    except Exception as exc:
+        delete_vectors(store, written)
+        store.set_status(ref.repo_id, "failed", "error", f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    store.set_status(ref.repo_id, "scored")
+    return summary
+
+
+def _record_failure(store: Store, repo_id: str, failure: ModelFailure, *, source: str) -> None:
+    row = store.model(repo_id)
+    fields: dict[str, Any] = dict(status="failed", reason=failure.reason, detail=failure.detail)
+    if row is None:
+        fields["source"] = source
+    store.upsert_model(repo_id, **fields)
+
+
+def _run(
+    store: Store,
+    ref: loading.ModelRef,
+    textset: Any,
+    items: list[Any],
+    todo: list[Piece],
+    summary: ScoreSummary,
+    written: list[int],
+    *,
+    device: str,
+    dtype: str,
+    max_tokens: int | None,
+    trust_remote_code: bool,
+    batch_tokens: int | None,
+    progress: ProgressArg,
+    say: Callable[[str], None],
+    weights_dir: Path | None,
+) -> None:
+    from atlas.scorer import SCORER_VERSION, ScoredVector, Scorer, score_items
+
+    if ref.source == "hub":
+        say(f"downloading {ref.repo_id}@{ref.revision[:10]} (safetensors and tokenizer files)")
+    folder = loading.fetch(ref, weights_dir)
+    say(f"loading {ref.repo_id}")
+    loaded = loading.load(folder, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    store.upsert_model(
+        ref.repo_id, model_type=loaded.model_type, architecture=loaded.architecture,
+        num_parameters=loaded.num_parameters, has_chat_template=loaded.has_chat_template,
+    )  # fmt: skip
+    if textset.kind == "pairs" and not loaded.has_chat_template:
+        raise ModelFailure("no-chat-template", "the tokenizer has no chat template")
+    model_id = store.model(ref.repo_id).id  # type: ignore[union-attr]
+    summary.device, summary.dtype = loaded.device, loaded.dtype
+    engine = Scorer(loaded.model, batch_tokens=batch_tokens)
+
+    def keep(piece: ScoredVector) -> None:
+        vector = Vector(
+            model_id=model_id, revision=ref.revision, textset_id=textset.id,
+            textset_sha256=textset.sha256, variant=piece.variant, kind=piece.kind,
+            n=len(piece.values), values=piece.values.astype("<f4").tobytes(),
+            token_counts=piece.token_counts.astype("<i4").tobytes(),
+            truncated=piece.truncated, dtype=loaded.dtype, device=loaded.device[:32],
+            scorer_version=SCORER_VERSION,
+        )  # fmt: skip
+        store.put_vectors([vector])
+        written.append(vector.id)  # type: ignore[arg-type]
+        summary.computed.append((piece.variant, piece.kind))
+        summary.scored_tokens += piece.tokens
+        summary.truncated = max(summary.truncated, piece.truncated)
+        summary.response_truncated = max(summary.response_truncated, piece.response_truncated)
+
+    bar = None
+    tick = progress if callable(progress) else None
+    if progress is True:
+        bar = _progress_bar(len(items) * len(todo), f"scoring {ref.repo_id}")
+        bar.start()
+        tick = lambda n: bar.advance(0, n)  # noqa: E731
+    started = time.perf_counter()
+    try:
+        score_items(
+            loaded.model, loaded.tokenizer, items, pieces=todo, max_tokens=max_tokens,
+            progress=tick, on_piece=keep, scorer=engine,
+        )  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.stop()
+    summary.seconds = time.perf_counter() - started
+    summary.forward_tokens = engine.stats.forward_tokens
