@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 STAMP := $(VENV)/.atlas-installed
 DEMO_HOME ?= $(CURDIR)/.atlas-demo
 
-.PHONY: setup test lint demo postgres bench clean
+.PHONY: setup test lint demo postgres bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ postgres:
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup postgres lint
+# Debian's chromium, for the map page test (tests/test_map_page.py); needs root, as in CI.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: setup postgres lint browser
 	$(BIN)/pytest
 
 demo: setup

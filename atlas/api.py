@@ -10,7 +10,7 @@ from atlas import textsets
 from atlas.errors import UsageError
 from atlas.settings import Settings, redact_url
 from atlas.store import Store
-from atlas.tables import MODEL_STATUSES, HubModel, TextSet
+from atlas.tables import MODEL_STATUSES, HubModel, MapSnapshot, TextSet
 from atlas.textsets import ImportResult
 
 if TYPE_CHECKING:
@@ -83,6 +83,48 @@ class Atlas:
             trust_remote_code=trust_remote_code, batch_tokens=batch_tokens, force=force,
             progress=progress, log=log, weights_dir=self.settings.weights_dir,
         )  # fmt: skip
+
+    # --- maps and export ----------------------------------------------------------------
+    def refresh_map(
+        self,
+        method: str = "tsne",
+        *,
+        textset: str | None = None,
+        variant: str = "base",
+        kind: str = "conditional",
+        full: bool = False,
+    ) -> MapSnapshot:
+        """Store a new map snapshot: new models placed incrementally, or a full refit."""
+        from atlas import maps
+
+        return maps.refresh(
+            self.store, self.settings, method=method, textset=textset, variant=variant,
+            kind=kind, full=full,
+        ).snapshot  # fmt: skip
+
+    def map_snapshots(self, textset: str | None = None) -> list[MapSnapshot]:
+        """Stored map snapshots, newest first."""
+        from atlas import maps
+
+        return maps.snapshots(self.store, textset)
+
+    def map_points(self, snapshot: int | None = None) -> list[dict[str, Any]]:
+        """A snapshot's models (the newest snapshot when None) with their coordinates."""
+        from atlas import maps
+
+        snap = maps.get_snapshot(self.store, snapshot)
+        return [
+            {"model": m.repo_id, "id": m.id, "x": p.x, "y": p.y, "model_type": m.model_type}
+            for p, m in maps.snapshot_points(self.store, snap.id)  # type: ignore[arg-type]
+        ]
+
+    def export(
+        self, directory: Path | str, snapshot: int | None = None, *, neighbours: int = 10
+    ) -> Path:
+        """Write a snapshot (the newest when None) as JSON, CSV, npz, PNG and an HTML page."""
+        from atlas import export
+
+        return export.export(self.store, directory, snapshot, neighbours=neighbours)
 
     # --- models and status --------------------------------------------------------------
     def models(self, status: str | None = None) -> list[HubModel]:

@@ -37,6 +37,8 @@ _COMMAND_MODULES = (
     "atlas.cli.textset",
     "atlas.cli.models",
     "atlas.cli.score",
+    "atlas.cli.maps",
+    "atlas.cli.export",
 )
 
 for _name in _COMMAND_MODULES:

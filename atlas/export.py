@@ -1,0 +1,363 @@
+"""Export a map snapshot as self-describing files: JSON, CSV, raw vectors, a PNG and a web page.
+
+`snapshot.json` holds the provenance and the models with their coordinates, `models.csv` the
+same table flat, `loglik.npz` the raw (unclipped) conditional and unconditional vectors, and
+`map.png` / `map.html` the map; the page embeds each model's nearest neighbours by estimated KL.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlmodel import col, select
+
+from atlas import maps, matrices, vectors
+from atlas.errors import UsageError
+from atlas.store import Store
+from atlas.tables import HubModel, MapPoint, MapSnapshot, TextSet, Vector
+
+FORMAT = "atlas-map-snapshot/1"
+FILES = ("snapshot.json", "models.csv", "loglik.npz", "map.png", "map.html")
+NEIGHBOURS = 10
+CSV_FIELDS = (
+    "id", "repo_id", "revision", "model_type", "architecture", "num_parameters", "downloads",
+    "likes", "base_models", "status", "x", "y",
+)  # fmt: skip
+COLOUR_ATTRIBUTES = [
+    ("type", "model type"),
+    ("author", "author"),
+    ("family", "base model"),
+    ("architecture", "architecture"),
+    ("status", "status"),
+]
+
+
+@dataclass
+class SnapshotData:
+    """Everything an export writes, gathered from the store once."""
+
+    snapshot: MapSnapshot
+    textset: TextSet
+    points: list[MapPoint]
+    models: list[HubModel]
+    revisions: list[str | None]
+    conditional: np.ndarray  # models x N float32, NaN rows where a model has no vector
+    unconditional: np.ndarray
+    neighbours: list[list[tuple[int, float]]]  # per model: (index, KL nats per text)
+
+    @property
+    def coords(self) -> np.ndarray:
+        return np.asarray([(p.x, p.y) for p in self.points], dtype=np.float64).reshape(-1, 2)
+
+
+def _aligned(matrix: matrices.Matrix, ids: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of `matrix` in the order of `ids` (NaN where missing), and which rows exist."""
+    out = np.full((len(ids), n), np.nan, dtype=np.float64)
+    row = {mid: i for i, mid in enumerate(matrix.model_ids)}
+    have = np.asarray([mid in row for mid in ids], dtype=bool)
+    for i, mid in enumerate(ids):
+        if mid in row:
+            out[i] = matrix.values[row[mid]]
+    return out, have
+
+
+def top_neighbours(Xi: np.ndarray, k: int, block: int = 512) -> list[list[tuple[int, float]]]:
+    """Each row's `k` nearest other rows by `KL = ||xi_i - xi_j||^2 / (2N)`, nearest first."""
+    n, dims = Xi.shape
+    k = min(k, n - 1)
+    norms = np.einsum("ij,ij->i", Xi, Xi)
+    result: list[list[tuple[int, float]]] = []
+    for start in range(0, n, block):
+        part = Xi[start : start + block]
+        sq = norms[start : start + block, None] + norms[None, :] - 2.0 * (part @ Xi.T)
+        np.maximum(sq, 0.0, out=sq)
+        rows = np.arange(len(part))
+        sq[rows, rows + start] = np.inf
+        for r in range(len(part)):
+            if k <= 0:
+                result.append([])
+                continue
+            cand = np.argpartition(sq[r], k - 1)[:k] if k < n else np.arange(n)
+            cand = cand[np.lexsort((cand, sq[r, cand]))]
+            result.append([(int(j), float(sq[r, j] / (2.0 * dims))) for j in cand[:k]])
+    return result
+
+
+def _revisions(store: Store, stamps: dict[int, tuple[int, ...]], ids: list[int]) -> list:
+    first = {mid: s[0] for mid, s in stamps.items() if s}
+    query = select(Vector.id, Vector.revision).where(col(Vector.id).in_(list(first.values())))
+    with store.session() as s:
+        rows = dict(s.exec(query).all())
+    return [rows.get(first[mid]) if mid in first else None for mid in ids]
+
+
+def gather(
+    store: Store, snapshot_id: int | None = None, *, neighbours: int = NEIGHBOURS
+) -> SnapshotData:
+    """The snapshot (newest when None), its models, raw vectors and KL neighbours."""
+    if neighbours < 0:
+        raise UsageError("--neighbours must be zero or more")
+    snap = maps.get_snapshot(store, snapshot_id)
+    with store.session() as s:
+        ts = s.get(TextSet, snap.textset_id)
+    pairs = maps.snapshot_points(store, snap.id)  # type: ignore[arg-type]
+    points = [p for p, _ in pairs]
+    models = [m for _, m in pairs]
+    ids = [int(m.id) for m in models]  # type: ignore[arg-type]
+    n = ts.size  # type: ignore[union-attr]
+    cond, _ = _aligned(matrices.load(store, ts, snap.variant, "conditional", model_ids=ids), ids, n)
+    uncond, _ = _aligned(matrices.load(store, ts, "base", "unconditional", model_ids=ids), ids, n)
+    if snap.kind == "pmi":
+        own, have = _aligned(matrices.load(store, ts, snap.variant, "pmi", model_ids=ids), ids, n)
+    else:
+        own = cond if snap.kind == "conditional" else uncond
+        have = ~np.isnan(own).any(axis=1)
+    kept = np.flatnonzero(have)
+    found: list[list[tuple[int, float]]] = [[] for _ in ids]
+    if len(kept):
+        threshold = snap.clip_threshold
+        if threshold is None:
+            threshold = vectors.clip_threshold(own[kept])
+        Xi = vectors.center(vectors.clip(own[kept], threshold))
+        for local, near in zip(kept, top_neighbours(Xi, neighbours), strict=True):
+            found[int(local)] = [(int(kept[j]), kl) for j, kl in near]
+    stamps = matrices.stamps(store, ts, snap.variant, snap.kind)  # type: ignore[arg-type]
+    return SnapshotData(
+        snapshot=snap,
+        textset=ts,  # type: ignore[arg-type]
+        points=points,
+        models=models,
+        revisions=_revisions(store, stamps, ids),
+        conditional=cond.astype(np.float32),
+        unconditional=uncond.astype(np.float32),
+        neighbours=found,
+    )
+
+
+# --- the files ----------------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.isoformat()
+
+
+def _metadata(m: HubModel) -> dict[str, Any]:
+    return {
+        "type": m.model_type,
+        "architecture": m.architecture,
+        "params": m.num_parameters,
+        "downloads": m.downloads,
+        "likes": m.likes,
+        "base_models": list(m.base_models or []),
+        "status": m.status,
+        "author": m.author,
+    }
+
+
+def provenance(data: SnapshotData) -> dict[str, Any]:
+    """The contents of snapshot.json."""
+    from atlas import __version__
+
+    snap, ts = data.snapshot, data.textset
+    return {
+        "format": FORMAT,
+        "atlas_version": __version__,
+        "exported": _iso(datetime.now(timezone.utc)),
+        "snapshot": {
+            "id": snap.id,
+            "created": _iso(snap.created_at),
+            "method": snap.method,
+            "params": snap.params,
+            "kind": snap.kind,
+            "variant": snap.variant,
+            "clip_threshold": snap.clip_threshold,
+            "n_models": len(data.models),
+            "parent_id": snap.parent_id,
+        },
+        "textset": {"name": ts.name, "sha256": ts.sha256, "kind": ts.kind, "size": ts.size},
+        "loglik": {
+            "file": "loglik.npz",
+            "conditional_variant": snap.variant,
+            "unconditional_variant": "base",
+            "units": "nats per text, raw (unclipped), NaN where a model has no vector",
+        },
+        "models": [
+            {
+                "id": m.id,
+                "repo_id": m.repo_id,
+                "revision": rev or m.revision,
+                "metadata": _metadata(m),
+                "x": p.x,
+                "y": p.y,
+            }
+            for m, p, rev in zip(data.models, data.points, data.revisions, strict=True)
+        ],
+    }
+
+
+def write_csv(path: Path, record: dict[str, Any]) -> None:
+    """models.csv: one row per model, metadata flattened, base models joined by spaces."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CSV_FIELDS)
+        for m in record["models"]:
+            meta = m["metadata"]
+            writer.writerow([
+                m["id"], m["repo_id"], m["revision"] or "", meta["type"] or "",
+                meta["architecture"] or "", _blank(meta["params"]), _blank(meta["downloads"]),
+                _blank(meta["likes"]), " ".join(meta["base_models"]), meta["status"],
+                repr(m["x"]), repr(m["y"]),
+            ])  # fmt: skip
+
+
+def _blank(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def write_npz(path: Path, data: SnapshotData) -> None:
+    """loglik.npz: models, conditional, unconditional (float32, models x N), textset_sha256."""
+    names = [m.repo_id for m in data.models]
+    with open(path, "wb") as fh:
+        np.savez(
+            fh,
+            models=np.asarray(names, dtype=str),
+            conditional=data.conditional,
+            unconditional=data.unconditional,
+            textset_sha256=np.asarray(data.textset.sha256),
+        )
+
+
+def _title(data: SnapshotData) -> str:
+    snap = data.snapshot
+    return (
+        f"atlas map #{snap.id}: {snap.method} of {snap.kind} vectors ({snap.variant}), "
+        f"text set {data.textset.name}, {len(data.models)} models"
+    )
+
+
+def write_png(path: Path, data: SnapshotData, *, max_labels: int = 40) -> None:
+    """map.png: points coloured by model type; labels for all when few, else a spread subset."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    xy = data.coords
+    types = [m.model_type or "unknown" for m in data.models]
+    order = [t for t, _ in Counter(types).most_common() if t != "unknown"]
+    if "unknown" in types:
+        order.append("unknown")
+    fig = Figure(figsize=(10, 8), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["tab20" if len(order) > 10 else "tab10"]
+    size = 28 if len(xy) <= 300 else 12 if len(xy) <= 3000 else 4
+    for i, t in enumerate(order):
+        mask = np.asarray([x == t for x in types])
+        colour = "#9aa1ab" if t == "unknown" or i >= cmap.N else cmap(i)
+        label = t.replace("$", r"\$") if i < cmap.N or t == "unknown" else None
+        ax.scatter(xy[mask, 0], xy[mask, 1], s=size, color=colour, label=label,
+                   edgecolors="white", linewidths=0.5)  # fmt: skip
+    ax.set_title(_title(data).replace("$", r"\$"), fontsize=10)
+    ax.margins(0.12)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if order:
+        ax.legend(title="model type", fontsize=8, title_fontsize=8, loc="best", markerscale=1.2)
+    _label_points(fig, ax, data, xy, max_labels)
+    fig.savefig(path)
+
+
+def _label_points(fig: Any, ax: Any, data: SnapshotData, xy: np.ndarray, limit: int) -> None:
+    """Label every point when few; otherwise the most downloaded ones whose labels fit."""
+    if not len(xy):
+        return
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    few = len(xy) <= limit
+    order = sorted(
+        range(len(xy)), key=lambda i: (-(data.models[i].downloads or 0), data.models[i].repo_id)
+    )
+    placed: list[Any] = []
+    for i in order:
+        if not few and len(placed) >= limit:
+            break
+        name = data.models[i].repo_id
+        text = ax.annotate(name.split("/")[-1] if not few else name, xy[i], xytext=(4, 3),
+                           textcoords="offset points", fontsize=7, parse_math=False)  # fmt: skip
+        box = text.get_window_extent(renderer).expanded(1.05, 1.1)
+        if not few and any(box.overlaps(other) for other in placed):
+            text.remove()
+            continue
+        placed.append(box)
+
+
+def page_data(data: SnapshotData) -> dict[str, Any]:
+    """What map.html embeds: the snapshot, the models with metadata, their KL neighbours."""
+    snap = data.snapshot
+    models = []
+    for m, p, rev in zip(data.models, data.points, data.revisions, strict=True):
+        bases = list(m.base_models or [])
+        models.append({
+            "id": m.id, "name": m.repo_id, "x": p.x, "y": p.y, "revision": rev or m.revision,
+            "type": m.model_type, "architecture": m.architecture, "params": m.num_parameters,
+            "downloads": m.downloads, "likes": m.likes, "base_models": bases,
+            "status": m.status, "author": m.author, "family": bases[0] if bases else m.repo_id,
+        })  # fmt: skip
+    return {
+        "snapshot": {
+            "id": snap.id,
+            "method": snap.method,
+            "kind": snap.kind,
+            "variant": snap.variant,
+            "textset": data.textset.name,
+            "textset_sha256": data.textset.sha256,
+            "created": _iso(snap.created_at),
+            "clip_threshold": snap.clip_threshold,
+        },
+        "kl_unit": "nats per text",
+        "attributes": COLOUR_ATTRIBUTES,
+        "models": models,
+        "neighbours": [[[j, round(kl, 8)] for j, kl in near] for near in data.neighbours],
+    }
+
+
+def write_html(path: Path, data: SnapshotData) -> None:
+    """map.html: the self-contained interactive page."""
+    from atlas.html import render_map
+
+    path.write_text(render_map(page_data(data), _title(data)), encoding="utf-8")
+
+
+def export(
+    store: Store,
+    directory: Path | str,
+    snapshot_id: int | None = None,
+    *,
+    neighbours: int = NEIGHBOURS,
+) -> Path:
+    """Write FILES for a snapshot (the newest when None) into `directory`; return it."""
+    out = Path(directory).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a folder")
+    data = gather(store, snapshot_id, neighbours=neighbours)
+    out.mkdir(parents=True, exist_ok=True)
+    record = provenance(data)
+    (out / "snapshot.json").write_text(
+        json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    write_csv(out / "models.csv", record)
+    write_npz(out / "loglik.npz", data)
+    write_png(out / "map.png", data)
+    write_html(out / "map.html", data)
+    return out

@@ -1,0 +1,563 @@
+"""Model maps: 2-D coordinates (PCA, t-SNE) of double-centred vectors, stored as snapshots.
+
+A full refresh clips the raw matrix at its 2% quantile, double-centres it and fits PCA
+(scikit-learn) or t-SNE (openTSNE). It also saves what an incremental refresh needs under
+`ATLAS_HOME/maps/` (derived data: when it is missing a full refit happens instead). An
+incremental refresh places models scored since the full one into the existing embedding, keeps
+every stored coordinate as it was, and records the full snapshot as its parent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from atlas import matrices, vectors
+from atlas.errors import NotFound, UsageError
+from atlas.settings import Settings
+from atlas.store import Store
+from atlas.tables import HubModel, MapPoint, MapSnapshot, TextSet, Vector
+
+METHODS = ("tsne", "pca")
+SEED = 42
+MIN_TSNE_MODELS = 4  # below this, t-SNE has no meaningful neighbourhoods: PCA instead
+MAX_PERPLEXITY = 30.0
+MIN_INCREMENTAL_REFERENCE = 4  # smaller full maps are always refitted
+TRANSFORM_PERPLEXITY = 5.0  # openTSNE's default for placing new points
+TSNE_ITERATIONS = {"early_exaggeration_iter": 250, "n_iter": 750}
+Progress = Callable[[str], None]
+
+
+@dataclass
+class MapRefresh:
+    """What a refresh did: the snapshot, `full`, `incremental` or `unchanged`, and why."""
+
+    snapshot: MapSnapshot
+    mode: str
+    added: list[str] = field(default_factory=list)
+    note: str | None = None
+
+
+# --- pure fitting -------------------------------------------------------------------------------
+
+
+def reference(L: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Double-centred coordinates of clipped `L`, and the column offset that places new rows.
+
+    A new row `l` lands at `center(clip(l, threshold)) - offset`, which for the reference rows
+    reproduces `double_center(clip(L, threshold))` exactly.
+    """
+    clipped = vectors.clip(L, threshold)
+    offset = vectors.center(clipped).mean(axis=0)
+    return vectors.double_center(clipped), offset
+
+
+def place_rows(L: np.ndarray, threshold: float, offset: np.ndarray) -> np.ndarray:
+    """Rows in an existing reference frame: clip with its threshold, centre, subtract its offset."""
+    return vectors.center(vectors.clip(L, threshold)) - offset
+
+
+def fit_pca(Q: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+    """PCA to 2-D: coordinates, the state to project new rows, the parameters.
+
+    Equal to scikit-learn's `PCA(2, svd_solver="full")`, signs included; with fewer models
+    than texts it diagonalises the models x models Gram matrix, which is much faster.
+    """
+    n, dims = Q.shape
+    components = np.zeros((2, dims))
+    mean = Q.mean(axis=0) if n else np.zeros(dims)
+    coords = np.zeros((n, 2))
+    params: dict[str, Any] = {"n_components": 2, "solver": "exact", "random_state": SEED}
+    k = min(2, n, dims)
+    if n < 2 or k < 1:
+        return coords, {"components": components, "mean": mean}, params
+    X = Q - mean
+    if n <= dims:
+        values, vecs = np.linalg.eigh(X @ X.T)
+        top = np.argsort(values)[::-1][:k]
+        values = np.maximum(values[top], 0.0)
+        keep = values > values[0] * 1e-12
+        comps = np.zeros((k, dims))
+        comps[keep] = (X.T @ vecs[:, top][:, keep] / np.sqrt(values[keep])).T
+        total = float((X * X).sum())
+    else:
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=k, svd_solver="full", random_state=SEED).fit(Q)
+        comps, values = pca.components_.copy(), pca.explained_variance_ * (n - 1)
+        total = float((X * X).sum())
+    # scikit-learn's sign convention: the largest |loading| of each component is positive
+    signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])
+    comps *= np.where(signs == 0, 1.0, signs)[:, None]
+    components[:k] = comps
+    coords[:, :k] = X @ comps.T
+    ratio = values / total if total > 0 else np.zeros(k)
+    params["explained_variance_ratio"] = [round(float(r), 6) for r in ratio]
+    return coords, {"components": components, "mean": mean}, params
+
+
+def project_pca(Q_new: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
+    """New rows projected on stored PCA components."""
+    return (Q_new - state["mean"]) @ state["components"].T
+
+
+def perplexity_for(n: int) -> float:
+    """The authors' perplexity (30), capped for small maps at (n - 1) / 3."""
+    return float(min(MAX_PERPLEXITY, (n - 1) / 3.0))
+
+
+def _sq_dist(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    sq = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * (A @ B.T)
+    return np.maximum(sq, 0.0)
+
+
+def knn(data: np.ndarray, query: np.ndarray | None, k: int, block: int = 1024):
+    """Exact k nearest rows of `data` (Euclidean) for each query row, or for each data row
+    excluding itself when `query` is None; returns (indices, distances), nearest first."""
+    data = np.asarray(data, dtype=np.float64)
+    own = query is None
+    rows = data if own else np.asarray(query, dtype=np.float64)
+    k = min(k, len(data) - (1 if own else 0))
+    idx = np.zeros((len(rows), k), dtype=np.int64)
+    dist = np.zeros((len(rows), k))
+    for start in range(0, len(rows), block):
+        sq = _sq_dist(rows[start : start + block], data)
+        if own:
+            sq[np.arange(len(sq)), np.arange(start, start + len(sq))] = np.inf
+        part = np.argpartition(sq, k - 1, axis=1)[:, :k] if k < sq.shape[1] else None
+        cand = part if part is not None else np.tile(np.arange(sq.shape[1]), (len(sq), 1))
+        cand_d = np.take_along_axis(sq, cand, axis=1)
+        order = np.lexsort((cand, cand_d), axis=1)
+        idx[start : start + len(sq)] = np.take_along_axis(cand, order, axis=1)
+        dist[start : start + len(sq)] = np.sqrt(np.take_along_axis(cand_d, order, axis=1))
+    return idx, dist
+
+
+def _knn_index(data: np.ndarray, k: int, graph: tuple[np.ndarray, np.ndarray] | None = None):
+    """An openTSNE neighbour index answering exactly (Euclidean, squared by its kernel)."""
+    from openTSNE.nearest_neighbors import KNNIndex
+
+    class ExactKNN(KNNIndex):
+        VALID_METRICS = ("euclidean",)
+
+        def build(self):
+            return graph if graph is not None else knn(self.data, None, self.k)
+
+        def query(self, query, k):
+            return knn(self.data, query, k)
+
+    return ExactKNN(data, k, metric="euclidean")
+
+
+def _affinities(Q: np.ndarray, perplexity: float, graph=None):
+    from openTSNE.affinity import PerplexityBasedNN
+
+    k = min(len(Q) - 1, int(3 * perplexity))
+    return PerplexityBasedNN(
+        perplexity=perplexity, knn_index=_knn_index(Q, k, graph), n_jobs=1, random_state=SEED
+    )
+
+
+def _gradient_method(n: int) -> str:
+    return "bh" if n < 10_000 else "fft"
+
+
+def fit_tsne(Q: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+    """openTSNE on the double-centred matrix with the authors' settings; coordinates, state,
+    parameters. The Gaussian kernel acts on squared Euclidean distances (sklearn's
+    `metric='sqeuclidean'`, which the authors used), PCA initialisation, seed 42."""
+    import openTSNE
+
+    n = len(Q)
+    perplexity = perplexity_for(n)
+    affinities = _affinities(Q, perplexity)
+    method = _gradient_method(n)
+    tsne = openTSNE.TSNE(
+        n_components=2,
+        perplexity=perplexity,
+        initialization="pca",
+        metric="euclidean",
+        negative_gradient_method=method,
+        random_state=SEED,
+        n_jobs=1,
+        **TSNE_ITERATIONS,
+    )
+    embedding = tsne.fit(X=Q, affinities=affinities)
+    coords = np.asarray(embedding, dtype=np.float64).copy()
+    graph_idx, graph_dist = affinities.knn_index.build()
+    params = {
+        "perplexity": round(perplexity, 6),
+        "k_neighbors": int(graph_idx.shape[1]),
+        "initialization": "pca",
+        "affinity": "gaussian on squared euclidean distances",
+        "neighbors": "exact",
+        "learning_rate": "auto",
+        "negative_gradient_method": method,
+        **TSNE_ITERATIONS,
+        "random_state": SEED,
+        "opentsne": openTSNE.__version__,
+    }
+    state = {
+        "Q": Q.astype(np.float32),
+        "coords": coords,
+        "knn_indices": graph_idx,
+        "knn_distances": graph_dist,
+        "perplexity": np.asarray(perplexity),
+    }
+    return coords, state, params
+
+
+def transform_tsne(Q_new: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
+    """Place new rows into a stored t-SNE embedding without moving its points.
+
+    openTSNE's `transform` re-centres the reference embedding in place before placing the new
+    points; the shift it applied is added back so that the new points share the stored frame.
+    """
+    from openTSNE import TSNEEmbedding
+
+    Q_ref = state["Q"].astype(np.float64)
+    stored = np.asarray(state["coords"], dtype=np.float64)
+    graph = (state["knn_indices"], state["knn_distances"])
+    affinities = _affinities(Q_ref, float(state["perplexity"]), graph)
+    embedding = TSNEEmbedding(
+        stored.copy(), affinities, negative_gradient_method="bh", random_state=SEED, n_jobs=1
+    )
+    perplexity = min(TRANSFORM_PERPLEXITY, len(Q_ref) / 3.0)
+    placed = embedding.transform(Q_new, perplexity=perplexity, k=min(25, len(Q_ref)))
+    shift = stored[0] - np.asarray(embedding)[0]
+    return np.asarray(placed, dtype=np.float64) + shift
+
+
+# --- persisted fit state -----------------------------------------------------------------------
+
+
+def _state_dir(settings: Settings, store: Store) -> Path:
+    key = hashlib.sha256(store.url.encode()).hexdigest()[:16]
+    return settings.home / "maps" / key
+
+
+def _state_path(settings: Settings, store: Store, token: str) -> Path:
+    return _state_dir(settings, store) / f"{token}.npz"
+
+
+def _save_state(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path, token: str) -> dict[str, np.ndarray] | None:
+    """The fit state atlas wrote (never pickled), or None when missing or not this fit's."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            state = {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError):
+        return None
+    if str(state.get("token", "")) != token:
+        return None
+    return state
+
+
+# --- store queries ------------------------------------------------------------------------------
+
+
+def snapshots(store: Store, textset: str | None = None) -> list[MapSnapshot]:
+    """Stored map snapshots, newest first."""
+    query = select(MapSnapshot).order_by(col(MapSnapshot.id).desc())
+    if textset is not None:
+        query = query.where(MapSnapshot.textset_id == store.textset(textset).id)
+    with store.session() as s:
+        return list(s.exec(query))
+
+
+def get_snapshot(store: Store, snapshot_id: int | None = None) -> MapSnapshot:
+    """One snapshot by id, or the newest; NotFound when there is none."""
+    with store.session() as s:
+        if snapshot_id is None:
+            found = s.exec(select(MapSnapshot).order_by(col(MapSnapshot.id).desc())).first()
+        else:
+            found = s.get(MapSnapshot, snapshot_id)
+    if found is None:
+        what = "no map snapshot yet" if snapshot_id is None else f"no snapshot #{snapshot_id}"
+        raise NotFound(what, hint="make one with `atlas map refresh`; see `atlas map list`")
+    return found
+
+
+def snapshot_points(store: Store, snapshot_id: int) -> list[tuple[MapPoint, HubModel]]:
+    """A snapshot's points with their models, in the order they were stored."""
+    query = (
+        select(MapPoint, HubModel)
+        .join(HubModel, col(HubModel.id) == MapPoint.model_id)
+        .where(MapPoint.snapshot_id == snapshot_id)
+        .order_by(col(MapPoint.id))
+    )
+    with store.session() as s:
+        return [(p, m) for p, m in s.exec(query)]
+
+
+def _textset_row(store: Store, snapshot: MapSnapshot) -> TextSet:
+    with store.session() as s:
+        found = s.get(TextSet, snapshot.textset_id)
+    if found is None:  # pragma: no cover - cascades make this impossible
+        raise NotFound(f"the text set of snapshot #{snapshot.id} is gone")
+    return found
+
+
+def default_textset(store: Store, variant: str = "base", kind: str = "conditional") -> TextSet:
+    """`sample` when it holds vectors for (variant, kind), else the text set with the most
+    models holding them (ties by name), as `atlas nearest` chooses."""
+    variant, kind = matrices.check_key(variant, kind)
+    stored_kind = "conditional" if kind == "pmi" else kind
+    query = (
+        select(TextSet, func.count(func.distinct(Vector.model_id)))
+        .join(Vector, col(Vector.textset_id) == TextSet.id)
+        .where(Vector.variant == variant, Vector.kind == stored_kind)
+        .group_by(col(TextSet.id))
+    )
+    with store.session() as s:
+        counts = sorted(
+            s.exec(query).all(), key=lambda row: (row[0].name != "sample", -row[1], row[0].name)
+        )
+    if not counts:
+        raise NotFound(
+            f"no {kind} vectors for variant {variant!r} to map yet",
+            hint="score some models first; `atlas status` shows what is stored",
+        )
+    return counts[0][0]
+
+
+def _series_latest(
+    store: Store, textset_id: int, variant: str, kind: str, method: str
+) -> MapSnapshot | None:
+    query = (
+        select(MapSnapshot)
+        .where(
+            MapSnapshot.textset_id == textset_id,
+            MapSnapshot.variant == variant,
+            MapSnapshot.kind == kind,
+        )
+        .order_by(col(MapSnapshot.id).desc())
+    )
+    with store.session() as s:
+        for snap in s.exec(query):
+            if snap.params.get("requested", snap.method) == method:
+                return snap
+    return None
+
+
+def _store_snapshot(
+    store: Store, snapshot: MapSnapshot, model_ids: Sequence[int], coords: np.ndarray
+) -> MapSnapshot:
+    with store.session() as s:
+        snapshot.n_models = len(model_ids)
+        s.add(snapshot)
+        s.flush()
+        for mid, (x, y) in zip(model_ids, coords, strict=True):
+            s.add(MapPoint(snapshot_id=snapshot.id, model_id=int(mid), x=float(x), y=float(y)))
+    return snapshot
+
+
+# --- refresh ------------------------------------------------------------------------------------
+
+
+def refresh(
+    store: Store,
+    settings: Settings,
+    *,
+    method: str = "tsne",
+    textset: str | TextSet | None = None,
+    variant: str = "base",
+    kind: str = "conditional",
+    full: bool = False,
+    refit_fraction: float | None = None,
+    progress: Progress | None = None,
+) -> MapRefresh:
+    """Refresh one map: place new models incrementally, or refit when asked, when there is no
+    usable fit, or when the models grew by `refit_fraction` (setting) since the last full fit."""
+    if method not in METHODS:
+        raise UsageError(f"unknown map method {method!r}; choose from {', '.join(METHODS)}")
+    variant, kind = matrices.check_key(variant, kind)
+    ts = (
+        default_textset(store, variant, kind)
+        if textset is None
+        else matrices.resolve_textset(store, textset)
+    )
+    fraction = settings.map_refit_fraction if refit_fraction is None else refit_fraction
+    say = progress or (lambda _m: None)
+    matrix = matrices.load(store, ts, variant, kind)
+    if not matrix.models:
+        raise NotFound(
+            f"no {kind} vectors for text set {ts.name!r}, variant {variant!r}",
+            hint="score some models first; `atlas status` shows what is stored",
+        )
+    latest = _series_latest(store, ts.id, variant, kind, method)  # type: ignore[arg-type]
+    reason = "asked for a full refit" if full else None
+    if latest is not None and reason is None:
+        inc = _incremental(store, settings, latest, matrix, fraction, say)
+        if isinstance(inc, MapRefresh):
+            return inc
+        reason = inc
+    return _full(store, settings, ts, method, variant, kind, matrix, latest, reason, say)
+
+
+def _full(
+    store: Store,
+    settings: Settings,
+    ts: TextSet,
+    method: str,
+    variant: str,
+    kind: str,
+    matrix: matrices.Matrix,
+    previous: MapSnapshot | None,
+    reason: str | None,
+    say: Progress,
+) -> MapRefresh:
+    n = len(matrix.models)
+    threshold = vectors.clip_threshold(matrix.values)
+    Q, offset = reference(matrix.values, threshold)
+    used, note = method, reason
+    if method == "tsne" and n < MIN_TSNE_MODELS:
+        used = "pca"
+        note = f"{n} model{'s' * (n != 1)}: too few for t-SNE, PCA instead"
+    say(f"fitting {used} on {n} models x {matrix.values.shape[1]} texts")
+    coords, state, params = fit_tsne(Q) if used == "tsne" else fit_pca(Q)
+    token = uuid.uuid4().hex
+    params = {"requested": method, "mode": "full", "state": token, **params}
+    if note:
+        params["note"] = note
+    _save_state(
+        _state_path(settings, store, token),
+        {
+            **state,
+            "token": np.asarray(token),
+            "method": np.asarray(used),
+            "threshold": np.asarray(threshold),
+            "offset": offset,
+            "model_ids": np.asarray(matrix.model_ids, dtype=np.int64),
+        },
+    )
+    snap = MapSnapshot(
+        method=used,
+        params=params,
+        textset_id=ts.id,  # type: ignore[arg-type]
+        variant=variant,
+        kind=kind,
+        clip_threshold=threshold,
+    )
+    snap = _store_snapshot(store, snap, matrix.model_ids, coords)
+    _forget_previous(store, settings, previous)
+    return MapRefresh(snap, "full", [m.repo_id for m in matrix.models], note)
+
+
+def _forget_previous(store: Store, settings: Settings, previous: MapSnapshot | None) -> None:
+    """Remove the fit state of the series' previous full map: only the newest is used."""
+    if previous is None:
+        return
+    root = previous if previous.parent_id is None else get_snapshot(store, previous.parent_id)
+    token = root.params.get("state")
+    if token:
+        _state_path(settings, store, str(token)).unlink(missing_ok=True)
+
+
+def _incremental(
+    store: Store,
+    settings: Settings,
+    latest: MapSnapshot,
+    matrix: matrices.Matrix,
+    fraction: float,
+    say: Progress,
+) -> MapRefresh | str:
+    """An incremental refresh, or the reason one is not possible (a full refit follows)."""
+    root = latest if latest.parent_id is None else get_snapshot(store, latest.parent_id)
+    held = {p.model_id: (p.x, p.y) for p, _ in snapshot_points(store, latest.id)}  # type: ignore[arg-type]
+    now = matrix.model_ids
+    new = [i for i, mid in enumerate(now) if mid not in held]
+    removed = len(set(held) - set(now))
+    if not new and not removed:
+        return MapRefresh(latest, "unchanged", [], "no new models since the last snapshot")
+    if root.n_models < MIN_INCREMENTAL_REFERENCE:
+        return f"the full map has only {root.n_models} models"
+    token = str(root.params.get("state"))
+    state = _load_state(_state_path(settings, store, token), token)
+    if state is None:
+        return "the saved fit state is missing"
+    ref_ids = {int(i) for i in state["model_ids"]}
+    grown = sum(1 for mid in now if mid not in ref_ids)
+    if grown >= fraction * root.n_models:
+        return f"{grown} models added since the full map ({root.n_models}), at least {fraction:.0%}"
+    placed = np.zeros((0, 2))
+    if new:
+        rows = matrix.values[new]
+        Q_new = place_rows(rows, float(state["threshold"]), state["offset"])
+        say(f"placing {len(new)} new models into snapshot #{root.id}")
+        if str(state["method"]) == "tsne":
+            placed = transform_tsne(Q_new, state)
+        else:
+            placed = project_pca(Q_new, state)
+    keep = [mid for mid in now if mid in held]
+    ids = keep + [now[i] for i in new]
+    coords = np.asarray([held[mid] for mid in keep] + [tuple(p) for p in placed]).reshape(-1, 2)
+    params = {
+        **{k: v for k, v in root.params.items() if k not in ("note",)},
+        "mode": "incremental",
+        "placed": [now[i] for i in new],
+        "removed": removed,
+        "previous": latest.id,
+    }
+    if str(state["method"]) == "tsne":
+        params["transform"] = {"perplexity": min(TRANSFORM_PERPLEXITY, len(ref_ids) / 3.0)}
+    snap = MapSnapshot(
+        method=root.method,
+        params=params,
+        textset_id=root.textset_id,
+        variant=root.variant,
+        kind=root.kind,
+        clip_threshold=root.clip_threshold,
+        parent_id=root.id,
+    )
+    snap = _store_snapshot(store, snap, ids, coords)
+    return MapRefresh(snap, "incremental", [matrix.models[i].repo_id for i in new])
+
+
+def refresh_all(
+    store: Store, settings: Settings, *, progress: Progress | None = None
+) -> list[MapRefresh]:
+    """After a sync: refresh every map series already stored (incremental where possible), or
+    start the default t-SNE map of each text set with conditional vectors when there is none."""
+    series: dict[tuple[int, str, str, str], None] = {}
+    for snap in snapshots(store):
+        key = (snap.textset_id, snap.variant, snap.kind, snap.params.get("requested", snap.method))
+        series.setdefault(key, None)
+    if not series:
+        with store.session() as s:
+            ids = s.exec(
+                select(Vector.textset_id)
+                .where(Vector.variant == "base", Vector.kind == "conditional")
+                .distinct()
+            ).all()
+        series = {(int(i), "base", "conditional", "tsne"): None for i in ids}
+    done = []
+    for textset_id, variant, kind, method in series:
+        with store.session() as s:
+            ts = s.get(TextSet, textset_id)
+        if ts is None:
+            continue
+        try:
+            done.append(
+                refresh(store, settings, method=method, textset=ts, variant=variant, kind=kind,
+                        progress=progress)
+            )
+        except NotFound:
+            continue
+    return done
