@@ -233,3 +233,12 @@ def test_cli_map_errors(cli, store, db_url):
     assert r.exit_code == 2 and "tsne, pca" in r.stderr
     r = cli("--db", db_url, "map", "show", "99")
     assert r.exit_code == 4 and "atlas map refresh" in r.stderr
+
+
+def test_cli_map_show_prints_names_as_text(cli, store, db_url):
+    ts = make_textset(store, N_TEXTS)
+    L = clustered(3, N_TEXTS, seed=12)
+    put_matrix(store, ts, ["a/[bold]x[/bold]", "a/y", "a/z"], L, model_type="[red]t")
+    assert cli("--db", db_url, "map", "refresh", "--method", "pca").exit_code == 0
+    r = cli("--db", db_url, "map", "show")
+    assert r.exit_code == 0 and "a/[bold]x[/bold]" in r.stdout and "[red]t" in r.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from atlas.cli.common import ctx_obj, out_console, print_json
@@ -78,8 +79,9 @@ def register(app: typer.Typer) -> None:
                       "parent")  # fmt: skip
         for r in rows:
             table.add_row(str(r["id"]), f"{r['created_at']:%Y-%m-%d %H:%M}", r["method"],
-                          r["kind"], r["variant"], r["textset"] or "", str(r["n_models"]),
-                          r["mode"] or "", str(r["parent_id"] or ""))  # fmt: skip
+                          r["kind"], r["variant"], escape(r["textset"] or ""),
+                          str(r["n_models"]), r["mode"] or "",
+                          str(r["parent_id"] or ""))  # fmt: skip
         out_console.print(table)
 
     @group.command("show")
@@ -95,5 +97,6 @@ def register(app: typer.Typer) -> None:
             return
         table = Table("model", "type", "x", "y")
         for p in points:
-            table.add_row(p["model"], p["model_type"] or "", f"{p['x']:.4f}", f"{p['y']:.4f}")
+            table.add_row(escape(p["model"]), escape(p["model_type"] or ""), f"{p['x']:.4f}",
+                          f"{p['y']:.4f}")  # fmt: skip
         out_console.print(table)
