@@ -3,6 +3,7 @@
 `snapshot.json` holds the provenance and the models with their coordinates, `models.csv` the
 same table flat, `loglik.npz` the raw (unclipped) conditional and unconditional vectors, and
 `map.png` / `map.html` the map; the page embeds each model's nearest neighbours by estimated KL.
+`analyses/` holds the PMI, prompt-shift and lineage analyses of the text set (`atlas.plots`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from atlas.store import Store
 from atlas.tables import HubModel, MapPoint, MapSnapshot, TextSet, Vector
 
 FORMAT = "atlas-map-snapshot/1"
-FILES = ("snapshot.json", "models.csv", "loglik.npz", "map.png", "map.html")
+FILES = ("snapshot.json", "models.csv", "loglik.npz", "map.png", "map.html", "analyses")
 NEIGHBOURS = 10
 CSV_FIELDS = (
     "id", "repo_id", "revision", "model_type", "architecture", "num_parameters", "downloads",
@@ -360,4 +361,7 @@ def export(
     write_npz(out / "loglik.npz", data)
     write_png(out / "map.png", data)
     write_html(out / "map.html", data)
+    from atlas.plots import write_analyses  # pmi, shift, lineage: JSON + PNG each
+
+    write_analyses(store, data.textset.name, out / "analyses")
     return out
