@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,16 +258,19 @@ def _save_state(path: Path, arrays: dict[str, np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
-def _load_state(path: Path, token: str) -> dict[str, np.ndarray] | None:
-    """The fit state atlas wrote (never pickled), or None when missing or not this fit's."""
+def _load_state(
+    path: Path, token: str, keys: Sequence[str] | None = None
+) -> dict[str, np.ndarray] | None:
+    """The fit state atlas wrote (never pickled), or None when missing, unreadable or not this
+    fit's; only `keys` when given (npz members load lazily)."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            state = {name: data[name] for name in data.files}
-    except (OSError, ValueError, EOFError):
+            if str(data["token"]) != token:
+                return None
+            names = data.files if keys is None else [k for k in keys if k in data.files]
+            return {name: data[name] for name in names}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
         return None
-    if str(state.get("token", "")) != token:
-        return None
-    return state
 
 
 # --- store queries ------------------------------------------------------------------------------
@@ -445,6 +449,7 @@ def _full(
             "threshold": np.asarray(threshold),
             "offset": offset,
             "model_ids": np.asarray(matrix.model_ids, dtype=np.int64),
+            "stamps": np.asarray(matrix.stamps, dtype=np.int64).reshape(n, -1),
         },
     )
     snap = MapSnapshot(
@@ -481,21 +486,34 @@ def _incremental(
     """An incremental refresh, or the reason one is not possible (a full refit follows)."""
     root = latest if latest.parent_id is None else get_snapshot(store, latest.parent_id)
     held = {p.model_id: (p.x, p.y) for p, _ in snapshot_points(store, latest.id)}  # type: ignore[arg-type]
+    token = str(root.params.get("state"))
+    path = _state_path(settings, store, token)
+    head = _load_state(path, token, ("model_ids", "stamps"))
+    if head is None or "stamps" not in head:
+        return "the saved fit state is missing"
     now = matrix.model_ids
+    current = {mid: tuple(int(v) for v in st) for mid, st in zip(now, matrix.stamps, strict=True)}
+    reference_stamps = dict(
+        zip(head["model_ids"].tolist(), map(tuple, head["stamps"].tolist()), strict=True)
+    )
+    if any(current.get(mid, st) != st for mid, st in reference_stamps.items()):
+        return "a model of the full map was scored again"
+    placed_stamps = {int(k): tuple(v) for k, v in latest.params.get("placed_stamps", {}).items()}
+    rescored = {m for m, st in placed_stamps.items() if m in held and current.get(m, st) != st}
+    held = {m: xy for m, xy in held.items() if m not in rescored}
     new = [i for i, mid in enumerate(now) if mid not in held]
     removed = len(set(held) - set(now))
     if not new and not removed:
         return MapRefresh(latest, "unchanged", [], "no new models since the last snapshot")
     if root.n_models < MIN_INCREMENTAL_REFERENCE:
         return f"the full map has only {root.n_models} models"
-    token = str(root.params.get("state"))
-    state = _load_state(_state_path(settings, store, token), token)
-    if state is None:
-        return "the saved fit state is missing"
-    ref_ids = {int(i) for i in state["model_ids"]}
+    ref_ids = set(reference_stamps)
     grown = sum(1 for mid in now if mid not in ref_ids)
     if grown >= fraction * root.n_models:
         return f"{grown} models added since the full map ({root.n_models}), at least {fraction:.0%}"
+    state = _load_state(path, token)
+    if state is None:
+        return "the saved fit state is missing"
     placed = np.zeros((0, 2))
     if new:
         rows = matrix.values[new]
@@ -512,6 +530,7 @@ def _incremental(
         **{k: v for k, v in root.params.items() if k not in ("note",)},
         "mode": "incremental",
         "placed": [now[i] for i in new],
+        "placed_stamps": {str(m): list(current[m]) for m in ids if m not in ref_ids},
         "removed": removed,
         "previous": latest.id,
     }

@@ -242,3 +242,25 @@ def test_cli_map_show_prints_names_as_text(cli, store, db_url):
     assert cli("--db", db_url, "map", "refresh", "--method", "pca").exit_code == 0
     r = cli("--db", db_url, "map", "show")
     assert r.exit_code == 0 and "a/[bold]x[/bold]" in r.stdout and "[red]t" in r.stdout
+
+
+def test_rescored_models_are_refitted_or_placed_again(store, settings):
+    ts = make_textset(store, N_TEXTS)
+    L = clustered(22, N_TEXTS, seed=13)
+    names = _names("m", 22)
+    put_matrix(store, ts, names[:20], L[:20])
+    first = maps.refresh(store, settings, method="pca").snapshot
+    put_matrix(store, ts, names[20:21], L[20:21])
+    inc = maps.refresh(store, settings, method="pca")
+    assert inc.mode == "incremental"
+    # a placed model scored again (new revision, other values) is placed again
+    put_matrix(store, ts, names[20:21], L[1:2], revision="r2")
+    again = maps.refresh(store, settings, method="pca")
+    assert again.mode == "incremental" and again.added == [names[20]]
+    moved = _xy(store, again.snapshot)
+    assert moved[names[20]] == pytest.approx(_xy(store, first)[names[1]], abs=1e-6)
+    assert maps.refresh(store, settings, method="pca").mode == "unchanged"
+    # a model of the full fit scored again means a full refit
+    put_matrix(store, ts, names[:1], L[2:3], revision="r2")
+    done = maps.refresh(store, settings, method="pca")
+    assert done.mode == "full" and done.note == "a model of the full map was scored again"
