@@ -126,6 +126,54 @@ class Atlas:
 
         return export.export(self.store, directory, snapshot, neighbours=neighbours)
 
+    # --- Hub sync and Hub text sets -----------------------------------------------------
+    def sync(
+        self,
+        options: Any = None,
+        *,
+        stop: Any = None,
+        progress: Callable[[str], None] | None = None,
+        **fields: Any,
+    ) -> Any:
+        """Poll the Hub, score what is new, refresh derived data; returns a SyncSummary.
+
+        `options` is a `SyncOptions`; keyword fields override it (`limit=3`, `textset="x"`,
+        or filter fields such as `min_downloads=10`).
+        """
+        from dataclasses import fields as dc_fields
+        from dataclasses import replace
+
+        from atlas.discovery import Filters
+        from atlas.sync import SyncOptions, sync
+
+        options = options or SyncOptions()
+        names = {f.name for f in dc_fields(Filters)}
+        filter_fields = {k: v for k, v in fields.items() if k in names}
+        if filter_fields:
+            fields = {k: v for k, v in fields.items() if k not in names}
+            fields["filters"] = replace(options.filters, **filter_fields)
+        options = replace(options, **fields)
+        return sync(self.store, options, settings=self.settings, stop=stop, progress=progress)
+
+    def build_textset(
+        self,
+        dataset: str,
+        *,
+        n: int,
+        seed: int = 0,
+        name: str | None = None,
+        split: str | None = None,
+        revision: str | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> ImportResult:
+        """Sample N single-turn pairs from a Hub dataset (Parquet/JSONL) into a text set."""
+        from atlas.hub_textsets import build_textset
+
+        return build_textset(
+            self.store, dataset, n=n, seed=seed, name=name, split=split, revision=revision,
+            settings=self.settings, progress=progress,
+        )  # fmt: skip
+
     # --- models and status --------------------------------------------------------------
     def models(self, status: str | None = None) -> list[HubModel]:
         if status is not None and status not in MODEL_STATUSES:

@@ -64,3 +64,7 @@ class ModelFailure(AtlasError):
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.detail = message
+
+
+class HubError(AtlasError):
+    """The Hub could not be reached, or kept answering with errors."""

@@ -36,6 +36,7 @@ _COMMAND_MODULES = (
     "atlas.cli.db",
     "atlas.cli.textset",
     "atlas.cli.models",
+    "atlas.cli.sync",
     "atlas.cli.score",
     "atlas.cli.maps",
     "atlas.cli.export",

@@ -27,6 +27,32 @@ def register(app: typer.Typer) -> None:
         verb = "imported" if result.created else "already stored (identical content)"
         obj.info(f"{verb}: {t.name} ({t.kind}, {t.size} items, sha256 {t.sha256[:12]})")
 
+    @group.command("build")
+    def build(
+        ctx: typer.Context,
+        dataset: str = typer.Option(
+            ..., "--dataset", "-d", help="Hub dataset id, e.g. allenai/tulu-3-sft-mixture."
+        ),
+        n: int = typer.Option(..., "--n", min=1, help="Number of prompt-response pairs."),
+        seed: int = typer.Option(0, "--seed", help="Sampling seed (same seed, same text set)."),
+        name: str = typer.Option(
+            None, "--name", help="Text set name (default: <dataset>-<N>-seed<S>)."
+        ),
+        split: str = typer.Option(None, "--split", help="Only files of this split (e.g. train)."),
+        revision: str = typer.Option(
+            None, "--revision", help="Dataset revision (default: the newest commit)."
+        ),
+    ) -> None:
+        """Sample N single-turn pairs from a Hub dataset's Parquet/JSONL files as a text set."""
+        obj = ctx_obj(ctx)
+        result = obj.atlas().build_textset(
+            dataset, n=n, seed=seed, name=name, split=split, revision=revision,
+            progress=obj.info,
+        )  # fmt: skip
+        t = result.textset
+        verb = "built" if result.created else "already stored (identical content)"
+        obj.info(f"{verb}: {t.name} ({t.size} pairs from {t.source}, sha256 {t.sha256[:12]})")
+
     @group.command("list")
     def list_(
         ctx: typer.Context, json: bool = typer.Option(False, "--json", help="Print JSON.")
