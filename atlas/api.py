@@ -14,7 +14,13 @@ from atlas.tables import MODEL_STATUSES, HubModel, MapSnapshot, TextSet
 from atlas.textsets import ImportResult
 
 if TYPE_CHECKING:
+    from atlas.lineage import LineageResult
+    from atlas.neighbours import Neighbour
+    from atlas.pmi import PMIResult
+    from atlas.predict import PredictResult
     from atlas.scoring import ScoreSummary
+    from atlas.shift import ShiftResult
+    from atlas.validate import ValidationResult
 
 
 class Atlas:
@@ -84,48 +90,6 @@ class Atlas:
             progress=progress, log=log, weights_dir=self.settings.weights_dir,
         )  # fmt: skip
 
-    # --- maps and export ----------------------------------------------------------------
-    def refresh_map(
-        self,
-        method: str = "tsne",
-        *,
-        textset: str | None = None,
-        variant: str = "base",
-        kind: str = "conditional",
-        full: bool = False,
-    ) -> MapSnapshot:
-        """Store a new map snapshot: new models placed incrementally, or a full refit."""
-        from atlas import maps
-
-        return maps.refresh(
-            self.store, self.settings, method=method, textset=textset, variant=variant,
-            kind=kind, full=full,
-        ).snapshot  # fmt: skip
-
-    def map_snapshots(self, textset: str | None = None) -> list[MapSnapshot]:
-        """Stored map snapshots, newest first."""
-        from atlas import maps
-
-        return maps.snapshots(self.store, textset)
-
-    def map_points(self, snapshot: int | None = None) -> list[dict[str, Any]]:
-        """A snapshot's models (the newest snapshot when None) with their coordinates."""
-        from atlas import maps
-
-        snap = maps.get_snapshot(self.store, snapshot)
-        return [
-            {"model": m.repo_id, "id": m.id, "x": p.x, "y": p.y, "model_type": m.model_type}
-            for p, m in maps.snapshot_points(self.store, snap.id)  # type: ignore[arg-type]
-        ]
-
-    def export(
-        self, directory: Path | str, snapshot: int | None = None, *, neighbours: int = 10
-    ) -> Path:
-        """Write a snapshot (the newest when None) as JSON, CSV, npz, PNG and an HTML page."""
-        from atlas import export
-
-        return export.export(self.store, directory, snapshot, neighbours=neighbours)
-
     # --- Hub sync and Hub text sets -----------------------------------------------------
     def sync(
         self,
@@ -174,6 +138,79 @@ class Atlas:
             settings=self.settings, progress=progress,
         )  # fmt: skip
 
+    # --- maps and export ----------------------------------------------------------------
+    def refresh_map(
+        self,
+        method: str = "tsne",
+        *,
+        textset: str | None = None,
+        variant: str = "base",
+        kind: str = "conditional",
+        full: bool = False,
+    ) -> MapSnapshot:
+        """Store a new map snapshot: new models placed incrementally, or a full refit."""
+        from atlas import maps
+
+        return maps.refresh(
+            self.store, self.settings, method=method, textset=textset, variant=variant,
+            kind=kind, full=full,
+        ).snapshot  # fmt: skip
+
+    def map_snapshots(self, textset: str | None = None) -> list[MapSnapshot]:
+        """Stored map snapshots, newest first."""
+        from atlas import maps
+
+        return maps.snapshots(self.store, textset)
+
+    def map_points(self, snapshot: int | None = None) -> list[dict[str, Any]]:
+        """A snapshot's models (the newest snapshot when None) with their coordinates."""
+        from atlas import maps
+
+        snap = maps.get_snapshot(self.store, snapshot)
+        return [
+            {"model": m.repo_id, "id": m.id, "x": p.x, "y": p.y, "model_type": m.model_type}
+            for p, m in maps.snapshot_points(self.store, snap.id)  # type: ignore[arg-type]
+        ]
+
+    def export(
+        self, directory: Path | str, snapshot: int | None = None, *, neighbours: int = 10
+    ) -> Path:
+        """Write a snapshot (the newest when None) as JSON, CSV, npz, PNG and an HTML page."""
+        from atlas import export
+
+        return export.export(self.store, directory, snapshot, neighbours=neighbours)
+
+    # --- nearest neighbours -------------------------------------------------------------
+    def nearest(
+        self,
+        model: str,
+        k: int = 10,
+        *,
+        textset: str | None = None,
+        variant: str = "base",
+        kind: str = "conditional",
+        add: bool = False,
+        log: Callable[[str], None] | None = None,
+        **score_options: Any,
+    ) -> list[Neighbour]:
+        """The k models nearest to `model` by estimated KL (the model itself excluded).
+
+        `model` is a stored model, or a local folder / Hub id scored on the fly and placed
+        without being stored unless `add`; `score_options` (device, dtype, ...) go to the scorer.
+        """
+        from atlas.neighbours import nearest
+
+        return nearest(
+            self.store, self.settings, model, k, textset=textset, variant=variant, kind=kind,
+            add=add, log=log, score_options=score_options,
+        )  # fmt: skip
+
+    def refresh_indexes(self, textset: str | None = None) -> dict[str, Any]:
+        """Bring the nearest-neighbour indexes up to date with the store (new models added)."""
+        from atlas.index import refresh_indexes
+
+        return refresh_indexes(self.store, self.settings, textset)
+
     # --- models and status --------------------------------------------------------------
     def models(self, status: str | None = None) -> list[HubModel]:
         if status is not None and status not in MODEL_STATUSES:
@@ -200,3 +237,54 @@ class Atlas:
                 "counts": last.counts,
             },
         }
+
+    # --- analyses (PMI, prompt shift, KL validation, prediction, lineage) ----------------
+    def analyze_pmi(
+        self, textset: str | None = None, *, variant: str = "base",
+        models: list[str] | None = None,
+    ) -> PMIResult:
+        """MI estimates (mean PMI), their variance approximation, and the Table 2 table."""
+        from atlas import pmi
+        from atlas.validate import pick_textset
+
+        name = pick_textset(self.store, textset)
+        return pmi.analyze(self.store, name, variant=variant, models=models)
+
+    def analyze_shift(
+        self, textset: str | None = None, *, models: list[str] | None = None
+    ) -> ShiftResult:
+        """Prompt-shift additivity, transfer and the mean-change correlation."""
+        from atlas import shift
+        from atlas.validate import pick_textset
+
+        return shift.analyze(self.store, pick_textset(self.store, textset), models=models)
+
+    def validate_kl(
+        self, models: list[str], textset: str | None = None, **options: Any
+    ) -> ValidationResult:
+        """Monte Carlo KL from sampled responses vs the vector estimate (see validate_kl)."""
+        from atlas import validate
+
+        name = validate.pick_textset(self.store, textset)
+        return validate.validate_kl(self.store, models, name, **options)
+
+    def predict(
+        self, scores: Path | str, target: str, textset: str | None = None, **options: Any
+    ) -> PredictResult:
+        """Ridge prediction of a benchmark score from the vectors, with its evaluation."""
+        from atlas import predict
+        from atlas.validate import pick_textset
+
+        name = pick_textset(self.store, textset)
+        return predict.predict(self.store, name, scores, target, **options)
+
+    def lineage(
+        self, textset: str | None = None, *, variant: str = "base",
+        models: list[str] | None = None,
+    ) -> LineageResult:
+        """Precision at 1 and 5 of KL-nearest neighbours being a recorded base or sibling."""
+        from atlas import lineage
+        from atlas.validate import pick_textset
+
+        name = pick_textset(self.store, textset)
+        return lineage.analyze(self.store, name, variant=variant, models=models)

@@ -40,6 +40,8 @@ _COMMAND_MODULES = (
     "atlas.cli.score",
     "atlas.cli.maps",
     "atlas.cli.export",
+    "atlas.cli.analyze",
+    "atlas.cli.nearest",
 )
 
 for _name in _COMMAND_MODULES:
