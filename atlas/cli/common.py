@@ -18,7 +18,12 @@ if TYPE_CHECKING:
 
 DEBUG_ENV = "ATLAS_DEBUG"
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-out_console = Console(highlight=False, soft_wrap=True)
+# Piped or redirected output keeps full model names: rich would otherwise assume 80 columns.
+out_console = Console(
+    highlight=False,
+    soft_wrap=True,
+    width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200,
+)
 
 
 @dataclass
