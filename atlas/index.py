@@ -37,7 +37,7 @@ PCA_TRAIN_ROWS = 2048
 RERANK = 256  # pca mode: candidates re-ranked exactly per query
 SHORTLIST = 32  # of those, how many (beyond k) get float64 distances
 REBUILD_GROWTH = 0.5  # full rebuild (new clip threshold) once models grew by this fraction
-CHUNK_ROWS = 2048
+CHUNK_ROWS = 256
 LOCK_TIMEOUT_S = 900
 
 _threads_set = False

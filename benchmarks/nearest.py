@@ -1,9 +1,10 @@
 """Benchmark the KL nearest-neighbour index on synthetic log-likelihood vectors.
 
 Vectors are N = 10,000 long and structured like real ones: families of models share a
-low-rank signature (rank 64 over all models, most of the variance in a few dozen directions),
-members vary around their family, and every value carries independent noise and a per-model
-offset (which centering removes). Measures, at 1k, 10k and 100k models: build time, query
+low-rank signature (rank 64, decaying strengths), members vary around their family, and every
+value carries independent noise and a per-model offset (which centering removes). With the
+default noise the top 42 principal components hold ~85% of the variance (the authors report
+42 components for 90% on 1,018 real models). Measures, at 1k, 10k and 100k models: build time, query
 latency p50/p99 (one query at a time: a stored model's k = 10 neighbours, itself excluded, with
 the exact float64 re-scoring that `atlas nearest` does), incremental-add time, index memory and
 process RSS, and recall@10 of the compressed (pca) mode against exact search.
@@ -36,9 +37,10 @@ K = 10
 class Synth:
     """A deterministic generator of clustered log-likelihood-like rows, made in chunks."""
 
-    def __init__(self, n_dims: int, *, families: int, seed: int = 0) -> None:
+    def __init__(self, n_dims: int, *, families: int, noise: float = 2.2, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
         self.n_dims = n_dims
+        self.noise = noise
         self.seed = seed
         # Directions with decaying strength: a few dominate, as in real maps.
         strength = (1.0 / np.sqrt(1.0 + np.arange(RANK))).astype(np.float32)
@@ -53,7 +55,7 @@ class Synth:
         latent = self.families[family] + rng.standard_normal((count, RANK), dtype=np.float32)
         out = latent @ self.basis
         out += self.mean
-        out += rng.standard_normal((count, self.n_dims), dtype=np.float32) * 0.5
+        out += rng.standard_normal((count, self.n_dims), dtype=np.float32) * self.noise
         out += rng.normal(scale=5.0, size=(count, 1)).astype(np.float32)
         return out
 
@@ -197,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adds", type=int, default=100, help="models added incrementally")
     parser.add_argument("--pca-dims", type=int, default=PCA_DIMS, help="pca mode dimensions")
     parser.add_argument("--pca-from", type=int, default=10_000, help="measure pca from n models")
+    parser.add_argument("--noise", type=float, default=2.2, help="per-value noise (std)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     faiss = load_faiss()
     print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads; N = {dims}; "
           f"k = {K}; pca: {args.pca_dims} dims, {RERANK} candidates re-ranked", file=sys.stderr)
-    synth = Synth(dims, families=max(20, max(sizes) // 500))
+    synth = Synth(dims, families=max(20, max(sizes) // 500), noise=args.noise)
     rows = []
     for n in sizes:
         started = time.perf_counter()
