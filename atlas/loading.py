@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import importlib.util
 import json
 import os
 import time
@@ -120,6 +121,15 @@ def endpoint() -> str | None:
     return value.rstrip("/") if value else None
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """httpx's connection and timeout errors (huggingface_hub 1.x+ talks through httpx)."""
+    try:
+        import httpx
+    except ImportError:  # pragma: no cover - older huggingface_hub on requests
+        return ()
+    return (httpx.TransportError,)
+
+
 def _retrying(call: Any, what: str) -> Any:
     """Run a Hub call, retrying server errors and dropped connections with backoff."""
     from huggingface_hub.errors import (
@@ -140,7 +150,7 @@ def _retrying(call: Any, what: str) -> Any:
             raise ModelFailure("download-error", f"{what} was not found (or is private)") from exc
         except RevisionNotFoundError as exc:
             raise ModelFailure("download-error", f"{what} has no such revision") from exc
-        except (HfHubHTTPError, OSError) as exc:
+        except (HfHubHTTPError, OSError, *_transport_errors()) as exc:
             status = getattr(getattr(exc, "response", None), "status_code", None)
             retryable = status is None or status == 429 or status >= 500
             if not retryable or attempt == RETRIES - 1:
@@ -243,8 +253,8 @@ def load(
     kwargs: dict[str, Any] = dict(
         dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
     )
-    if dev.startswith("cuda"):
-        kwargs["device_map"] = dev
+    if dev.startswith("cuda") and importlib.util.find_spec("accelerate") is not None:
+        kwargs["device_map"] = dev  # straight onto the GPU; without accelerate: CPU, then .to()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # atlas shows its own progress
     try:
@@ -263,8 +273,13 @@ def load(
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    if not dev.startswith("cuda"):
-        model = model.to(dev)
+    if "device_map" not in kwargs:
+        try:
+            model = model.to(dev)
+        except Exception as exc:
+            if _is_oom(exc):
+                raise ModelFailure("out-of-memory", f"the weights do not fit on {dev}") from exc
+            raise
     model.eval()
     config = model.config
     architectures = getattr(config, "architectures", None) or [type(model).__name__]

@@ -186,9 +186,13 @@ def test_scores_a_hub_model_by_repo_id(atlas_db, zoo_by_name, monkeypatch):
     zoo_model = zoo_by_name["atlas-zoo/llama-chat-b"]
     with LocalHub([RepoSpec("atlas-zoo/llama-chat-b", zoo_model.path)]) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        # Transient server errors on the repo info and on the weights are retried.
+        info_fault = hub.faults.add("/api/models/atlas-zoo/llama-chat-b*", 503)
+        body_fault = hub.faults.add("*/resolve/*/model.safetensors", 500, method="GET")
         summary = atlas_db.score("atlas-zoo/llama-chat-b", "mini", variants="base", progress=False)
         sha = hub.sha("atlas-zoo/llama-chat-b")
         fetched = {r.path.rsplit("/", 1)[-1] for r in hub.requests_to("*/resolve/*", "GET")}
+    assert info_fault.fired == 1 and body_fault.fired == 1
     assert summary.source == "hub" and summary.revision == sha
     assert "model.safetensors" in fetched and "README.md" not in fetched
     row = atlas_db.store.model("atlas-zoo/llama-chat-b")
