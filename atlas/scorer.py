@@ -183,11 +183,17 @@ class Scorer:
         unique: dict[tuple[tuple[int, ...], int], int] = {}
         owners: list[int] = []
         for r in requests:
-            if r.start < 1 or r.start >= len(r.ids):
-                raise UsageError(f"a request scores no token (start {r.start}, {len(r.ids)} ids)")
+            if r.start >= len(r.ids):  # nothing to score (a one-token plain text): 0 nats
+                owners.append(-1)
+                continue
+            if r.start < 1:
+                raise UsageError(f"a request's first token cannot be scored ({len(r.ids)} ids)")
             owners.append(unique.setdefault((r.ids, r.start), len(unique)))
+        owner = np.asarray(owners, dtype=np.int64)
         keys = list(unique)
-        weight = np.bincount(np.asarray(owners, dtype=np.int64), minlength=len(keys))
+        weight = np.bincount(owner[owner >= 0], minlength=len(keys))
+        if progress is not None and (owner < 0).any():
+            progress(int((owner < 0).sum()))
         order = sorted(range(len(keys)), key=lambda i: (-len(keys[i][0]), keys[i]))
         sums = np.zeros(len(keys), dtype=np.float64)
         if keys and self._split_head is None:
@@ -217,7 +223,9 @@ class Scorer:
                 pos += rows
                 if progress is not None:
                     progress(int(weight[batch].sum()))
-        return sums[np.asarray(owners, dtype=np.int64)] if owners else np.zeros(0)
+        out = np.zeros(len(owners), dtype=np.float64)
+        out[owner >= 0] = sums[owner[owner >= 0]]
+        return out
 
     # --- internals ------------------------------------------------------------------------
     def _free(self) -> None:
@@ -381,6 +389,8 @@ def score_naive(
     out = np.zeros(len(requests), dtype=np.float64)
     with torch.inference_mode():
         for i, r in enumerate(requests):
+            if r.scored <= 0:
+                continue
             ids = torch.tensor([list(r.ids)], device=device)
             logits = model(input_ids=ids, use_cache=False).logits[0].double()
             logp = torch.log_softmax(logits, dim=-1)

@@ -148,10 +148,8 @@ def pair_request(tokenizer: Any, prompt: str, response: str) -> Request:
 
 def plain_request(tokenizer: Any, text: str) -> Request:
     """log p(text) with the tokenizer's default special tokens; every token after the first."""
-    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
-    if len(ids) < 2:
-        raise ModelFailure("too-short", f"a plain text tokenizes to {len(ids)} token(s)")
-    return Request(tuple(ids), 1)
+    ids = tuple(tokenizer(text, add_special_tokens=True)["input_ids"])
+    return Request(ids, min(1, len(ids)))  # one token or none: nothing scored, 0 nats
 
 
 def truncate(request: Request, max_tokens: int | None, *, plain: bool = False) -> Request:

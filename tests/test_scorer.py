@@ -102,6 +102,16 @@ def test_plain_texts_score_every_token_after_the_first(loaded, plain):
     assert piece.values[0] == pytest.approx(by_hand, abs=TOL)
 
 
+def test_a_one_token_text_scores_zero(loaded, plain):
+    model, tok = loaded("qwen-base")  # no BOS: "a" is one token, with nothing before it
+    items = [Item(text="a"), *plain[:2]]
+    assert len(tok("a")["input_ids"]) == 1
+    piece = score_items(model, tok, items)[("base", "unconditional")]
+    assert piece.values[0] == 0.0 and piece.token_counts[0] == 0
+    want = score_naive(_double(model), tok, items, "base", "unconditional")
+    assert np.abs(piece.values - want).max() <= TOL and np.all(piece.values[1:] < 0)
+
+
 def test_batch_budgets_and_orderings_give_the_same_numbers(loaded, pairs):
     model, tok = loaded("qwen-chat-a")
     runs = {}
