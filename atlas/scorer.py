@@ -29,7 +29,7 @@ from atlas.templates import (
 )
 
 SCORER_VERSION = "atlas-scorer/1"
-CPU_BATCH_TOKENS = 4096
+CPU_BATCH_TOKENS = 2048
 MAX_ROWS = 1024
 Piece = tuple[str, str]
 
@@ -168,7 +168,8 @@ class Scorer:
         if self.batch_tokens < 1:
             raise UsageError("--batch-tokens must be positive")
         cuda = self.device.type == "cuda"
-        self.head_chunk_bytes = head_chunk_bytes or (2 << 30 if cuda else 256 << 20)
+        # On CPU, chunks of ~128 rows at a 32k vocabulary stay cache-friendly (measured fastest).
+        self.head_chunk_bytes = head_chunk_bytes or (2 << 30 if cuda else 48 << 20)
         self.max_rows = max_rows
         self.stats = ScorerStats()
         self._split_head: bool | None = None
@@ -311,8 +312,10 @@ class Scorer:
         out = torch.empty(states.shape[0], dtype=torch.float32, device=states.device)
         for lo in range(0, states.shape[0], chunk):
             logits = head(states[lo : lo + chunk]).float()
-            picked = logits.gather(1, targets[lo : lo + chunk, None]).squeeze(1)
-            out[lo : lo + chunk] = picked - torch.logsumexp(logits, dim=-1)
+            # log_softmax + gather in one fused kernel: -cross_entropy = logit - logsumexp.
+            out[lo : lo + chunk] = -torch.nn.functional.cross_entropy(
+                logits, targets[lo : lo + chunk], reduction="none"
+            )
         return out
 
 

@@ -172,7 +172,8 @@ def print_table(result: dict[str, Any]) -> None:
               f"{result['params'] / 1e9:.2f}B parameters)")
 
 
-def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+def cpu_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The main CPU shape, and a small one (hidden 128, 2 layers) unless --quick."""
     with tempfile.TemporaryDirectory() as tmp:
         zoo.build_tokenizer(Path(tmp), "llama3")
         from transformers import AutoTokenizer
@@ -180,13 +181,19 @@ def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         tokenizer = AutoTokenizer.from_pretrained(tmp)
     items = read_items(sample_path())[: args.items]
     requests = build_requests(tokenizer, items, kind="conditional")
-    model = cpu_model(args.hidden, args.layers, args.vocab)
-    params = sum(p.numel() for p in model.parameters())
-    label = (f"CPU, Llama random weights (hidden {args.hidden}, {args.layers} layers, "
-             f"vocab {args.vocab}, {params / 1e6:.0f}M params, float32, "
-             f"{torch.get_num_threads()} threads)")  # fmt: skip
-    return compare(label, model, requests, batch_size=args.batch_size,
-                   batch_tokens=args.batch_tokens)  # fmt: skip
+    shapes = [(args.hidden, args.layers)]
+    if not args.quick and args.small:
+        shapes.append((128, 2))
+    results = []
+    for hidden, layers in shapes:
+        model = cpu_model(hidden, layers, args.vocab)
+        params = sum(p.numel() for p in model.parameters())
+        label = (f"CPU, Llama random weights (hidden {hidden}, {layers} layers, "
+                 f"vocab {args.vocab}, {params / 1e6:.0f}M params, float32, "
+                 f"{torch.get_num_threads()} threads)")  # fmt: skip
+        results.append(compare(label, model, requests, batch_size=args.batch_size,
+                               batch_tokens=args.batch_tokens))  # fmt: skip
+    return results
 
 
 def bf16_peak(device: torch.device, n: int = 8192, reps: int = 30) -> float:
@@ -246,7 +253,7 @@ def gpu_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=48, help="sample pairs on CPU")
+    parser.add_argument("--items", type=int, default=96, help="sample pairs on CPU")
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=32000)
@@ -255,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-items", type=int, default=512)
     parser.add_argument("--gpu-baseline-items", type=int, default=64)
     parser.add_argument("--gpu-only", action="store_true")
+    parser.add_argument("--no-small", dest="small", action="store_false",
+                        help="skip the small CPU shape (hidden 128, 2 layers)")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args(argv)
@@ -263,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         args.gpu_items, args.gpu_baseline_items = 32, 8
     results: list[dict[str, Any]] = []
     if not args.gpu_only:
-        results.append(cpu_benchmark(args))
+        results.extend(cpu_benchmark(args))
     if torch.cuda.is_available():
         results.extend(gpu_benchmark(args))
     elif args.gpu_only:

@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
             False, "--trust-remote-code", help="Run the repo's own Python code (this run only)."
         ),
         batch_tokens: int = typer.Option(
-            None, "--batch-tokens", help="Tokens per batch (default: 4096 on CPU, from memory "
+            None, "--batch-tokens", help="Tokens per batch (default: 2048 on CPU, from memory "
             "on GPU); halves itself on out-of-memory.",
         ),
         force: bool = typer.Option(False, "--force", help="Recompute pieces already stored."),
