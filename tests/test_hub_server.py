@@ -31,25 +31,6 @@ TEMPLATE = "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfo
 DAY0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
-@pytest.fixture(autouse=True)
-def isolated_hf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep huggingface_hub away from the real cache, token and telemetry."""
-    home = tmp_path / "hf-home"
-    for name, value in {
-        "HF_HOME": home,
-        "HF_HUB_CACHE": home / "hub",
-        "HF_TOKEN_PATH": home / "token",
-        "HF_STORED_TOKENS_PATH": home / "stored_tokens",
-        "AGENT_HARNESSES_PATH": home / ".agent_harnesses.json",
-    }.items():
-        monkeypatch.setattr(constants, name, str(value))
-        monkeypatch.setenv(name, str(value))
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-
-
 def make_repo(
     folder: Path,
     *,

@@ -55,6 +55,16 @@ def ctx_obj(ctx: typer.Context) -> Context:
     return obj
 
 
+def human_count(n: int | None) -> str:
+    """1234567 -> '1.2M': parameter and download counts in tables."""
+    if n is None:
+        return ""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
 def print_json(data: Any) -> None:
     """Data for scripts, on stdout."""
     sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")

@@ -5,17 +5,8 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from atlas.cli.common import ctx_obj, out_console, print_json
+from atlas.cli.common import ctx_obj, human_count, out_console, print_json
 from atlas.tables import MODEL_STATUSES
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return ""
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
 
 
 def register(app: typer.Typer) -> None:
@@ -44,7 +35,7 @@ def register(app: typer.Typer) -> None:
         table = Table("model", "status", "reason", "type", "params", "downloads")
         for r in rows:
             table.add_row(r["model"], r["status"], r["reason"] or "", r["model_type"] or "",
-                          _human(r["parameters"]), _human(r["downloads"]))
+                          human_count(r["parameters"]), human_count(r["downloads"]))
         out_console.print(table)
 
     @app.command("status")

@@ -6,16 +6,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from atlas.cli.common import ctx_obj, out_console, print_json
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return ""
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
+from atlas.cli.common import ctx_obj, human_count, out_console, print_json
 
 
 def register(app: typer.Typer) -> None:
@@ -51,6 +42,6 @@ def register(app: typer.Typer) -> None:
         for n in found:
             per_token = "" if n.kl_per_token is None else f"{n.kl_per_token:.4f}"
             table.add_row(str(n.rank), Text(n.model), f"{n.kl:.4f}", per_token,
-                          Text(n.model_type or ""), _human(n.num_parameters),
-                          _human(n.downloads))  # fmt: skip
+                          Text(n.model_type or ""), human_count(n.num_parameters),
+                          human_count(n.downloads))  # fmt: skip
         out_console.print(table)
