@@ -57,6 +57,13 @@ def register(app: typer.Typer) -> None:
         if last is None:
             out_console.print("last sync: never")
         else:
+            c = last["counts"]
+            parts = [f"{k} {c[k]}" for k in ("scored", "failed", "queued") if c.get(k) is not None]
+            skipped = c.get("skipped") or {}
+            if isinstance(skipped, dict) and skipped:
+                parts.append("skipped " + ", ".join(f"{r} {n}" for r, n in skipped.items()))
+            where = f" on {c['textset']}" if c.get("textset") else ""
             out_console.print(
-                f"last sync: {last['started_at']:%Y-%m-%d %H:%M} {last['status']} {last['counts']}"
+                f"last sync: {last['started_at']:%Y-%m-%d %H:%M}{where}, {last['status']}"
+                + (f": {'; '.join(parts)}" if parts else "")
             )
