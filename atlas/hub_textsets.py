@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from atlas.errors import TextSetError, UsageError
+from atlas.errors import AtlasError, HubError, TextSetError, UsageError
 from atlas.settings import Settings
 from atlas.store import Store
 from atlas.textsets import ImportResult, Item, import_items
@@ -207,24 +207,29 @@ def build_textset(
     settings = settings or Settings.from_env()
     say = progress or (lambda _m: None)
     api = api or discovery.make_api()
-    chosen = dataset_files(api, dataset, revision, split)
-    dest = settings.home / "datasets" / dataset / chosen.revision
-    say(f"downloading {len(chosen.files)} data file(s) of {dataset}@{chosen.revision[:12]}")
-    with quiet_hub_bars(True):
-        with_retries(
-            f"{dataset}: download",
-            lambda: snapshot_download(
-                dataset,
-                repo_type="dataset",
-                revision=chosen.revision,
-                allow_patterns=chosen.files,
-                local_dir=dest,
-                endpoint=api.endpoint,
-                token=api.token,
-                etag_timeout=discovery.hub_timeout(),
-            ),
-            say,
-        )
+    try:
+        chosen = dataset_files(api, dataset, revision, split)
+        dest = settings.home / "datasets" / dataset / chosen.revision
+        say(f"downloading {len(chosen.files)} data file(s) of {dataset}@{chosen.revision[:12]}")
+        with quiet_hub_bars(True):
+            with_retries(
+                f"{dataset}: download",
+                lambda: snapshot_download(
+                    dataset,
+                    repo_type="dataset",
+                    revision=chosen.revision,
+                    allow_patterns=chosen.files,
+                    local_dir=dest,
+                    endpoint=api.endpoint,
+                    token=api.token,
+                    etag_timeout=discovery.hub_timeout(),
+                ),
+                say,
+            )
+    except AtlasError:
+        raise
+    except Exception as exc:  # the Hub's and the HTTP client's errors, after retries
+        raise HubError(f"downloading dataset {dataset} from {api.endpoint} failed: {exc}") from exc
     paths = [dest / f for f in chosen.files]
     missing = [str(p.name) for p in paths if not p.is_file()]
     if missing:

@@ -92,6 +92,19 @@ def test_build_errors(cli, hub) -> None:
     assert missing.exit_code == 4
 
 
+def test_build_with_the_hub_down_is_one_line(cli, monkeypatch) -> None:
+    from atlas import sync
+
+    monkeypatch.setattr(sync, "RETRY_DELAYS", (0.01,))
+    with LocalHub() as down:  # started, then stopped: nothing listens on its port
+        endpoint = down.endpoint
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    r = cli("textset", "build", "--dataset", TULU_LIKE, "--n", "2")
+    assert r.exit_code == 1
+    assert r.stderr.startswith("error: downloading dataset") and "Traceback" not in r.stderr
+    assert cli("textset", "list", "--json").stdout.strip() == "[]"
+
+
 def test_pair_extraction_rules() -> None:
     user, bot = {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}
     system = {"role": "system", "content": "Be brief."}
