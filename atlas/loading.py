@@ -122,12 +122,19 @@ def endpoint() -> str | None:
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
-    """httpx's connection and timeout errors (huggingface_hub 1.x+ talks through httpx)."""
-    try:
-        import httpx
-    except ImportError:  # pragma: no cover - older huggingface_hub on requests
-        return ()
-    return (httpx.TransportError,)
+    """Connection and timeout errors of the HTTP client huggingface_hub talks through.
+
+    huggingface_hub 1.x uses httpx; 2.x uses its fork httpx2. Either may be installed.
+    """
+    import importlib
+
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(module).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
 
 
 def _retrying(call: Any, what: str) -> Any:

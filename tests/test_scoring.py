@@ -204,6 +204,22 @@ def test_scores_a_hub_model_by_repo_id(atlas_db, zoo_by_name, monkeypatch):
         assert np.abs(vec.array() - want[(vec.variant, vec.kind)].values).max() <= 1e-3
 
 
+def test_an_unreachable_hub_fails_the_model_with_download_error(cli, monkeypatch):
+    import atlas.loading
+
+    monkeypatch.setattr(atlas.loading.time, "sleep", lambda _s: None)
+    with LocalHub() as down:  # started, then stopped: nothing listens on its port
+        endpoint = down.endpoint
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    r = cli("score", "org/model", "--textset", "sample")
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: download-error: org/model:")
+    rows = json.loads(cli("models", "list", "--json").stdout)
+    assert [(m["model"], m["status"], m["reason"]) for m in rows] == [
+        ("org/model", "failed", "download-error")
+    ]
+
+
 def test_a_hub_repo_without_safetensors_is_refused(atlas_db, zoo_by_name, tmp_path, monkeypatch):
     folder = _bin_only_folder(zoo_by_name["atlas-zoo/llama-base"], tmp_path)
     with LocalHub([RepoSpec("someone/pickled", folder)]) as hub:
