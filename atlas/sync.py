@@ -49,6 +49,7 @@ class SyncOptions:
     dry_run: bool = False
     keep_weights: bool = False
     rescore_updated: bool = False
+    retry_failed: bool = False
     full: bool = False
 
 
@@ -268,18 +269,26 @@ def score_hub_model(
 # --- the queue ------------------------------------------------------------------------------
 
 
-def pending(store: Store, textset: TextSet, *, rescore_updated: bool = False) -> list[HubModel]:
-    """Hub models to score on `textset`: queued, interrupted, and scored ones lacking vectors."""
-    from sqlmodel import col, select
+# Failure reasons that may not recur (the Hub, the machine, a kill): `--retry-failed` re-queues
+# them. Others (template-mismatch, non-finite, ...) are properties of the revision.
+RETRYABLE_REASONS = ("download-error", "out-of-memory", "interrupted", "error", "load-error")
 
+
+def pending(
+    store: Store, textset: TextSet, *, rescore_updated: bool = False, retry_failed: bool = False
+) -> list[HubModel]:
+    """Hub models to score on `textset`: queued, interrupted, and scored ones lacking vectors.
+
+    With `retry_failed`, also models that failed for a reason in RETRYABLE_REASONS.
+    """
+    from sqlmodel import col, or_, select
+
+    wanted = col(HubModel.status).in_(("queued", "scoring", "scored"))
+    if retry_failed:
+        retryable = (HubModel.status == "failed") & col(HubModel.reason).in_(RETRYABLE_REASONS)
+        wanted = or_(wanted, retryable)
     with store.session() as s:
-        rows = list(
-            s.exec(
-                select(HubModel)
-                .where(HubModel.source == "hub")
-                .where(col(HubModel.status).in_(("queued", "scoring", "scored")))
-            )
-        )
+        rows = list(s.exec(select(HubModel).where(HubModel.source == "hub").where(wanted)))
         have: dict[int, set[str]] = {}
         for model_id, revision in s.exec(
             select(Vector.model_id, Vector.revision).where(Vector.textset_id == textset.id)
@@ -433,7 +442,9 @@ def _run(
         f"{polled.seen} model(s) listed {since}: {len(polled.new)} new, "
         f"{len(polled.updated)} updated, {len(polled.queued)} passed the filters"
     )
-    queue = pending(store, textset, rescore_updated=options.rescore_updated)
+    queue = pending(
+        store, textset, rescore_updated=options.rescore_updated, retry_failed=options.retry_failed
+    )
     if options.dry_run:
         names = [m.repo_id for m in queue] + [r for r in polled.queued if store.model(r) is None]
         summary.would_score = list(dict.fromkeys(names))[: options.limit or None]

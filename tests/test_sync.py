@@ -208,6 +208,12 @@ def test_faults_are_survived_and_a_hopeless_repo_fails(
         slow = hub.requests_to("/atlas-zoo/qwen-base/resolve/*/config.json")
         assert len(slow) >= 2  # the first answer came too late and was asked again
         assert "retrying" in result.stderr
+        # Once the Hub behaves, --retry-failed scores the model that failed to download.
+        faults.clear()
+        assert json.loads(_sync(cli, url, "--json").stdout)["scored_models"] == []
+        retried = json.loads(_sync(cli, url, "--retry-failed", "--json").stdout)
+        assert retried["scored_models"] == ["atlas-zoo/qwen-chat-b"]
+        assert _vector_counts(url) == dict.fromkeys(only[:4], PIECES_PER_MODEL)
     finally:
         hub.stop()
 

@@ -78,6 +78,12 @@ def register(app: typer.Typer) -> None:
         rescore_updated: bool = typer.Option(
             False, "--rescore-updated", help="Score models again whose Hub revision changed."
         ),
+        retry_failed: bool = typer.Option(
+            False,
+            "--retry-failed",
+            help="Queue again models that failed for a passing reason (download-error, "
+            "out-of-memory, interrupted, error, load-error).",
+        ),
         full: bool = typer.Option(
             False, "--full", help="Walk the whole listing, ignoring the watermark."
         ),
@@ -107,6 +113,7 @@ def register(app: typer.Typer) -> None:
             dry_run=dry_run,
             keep_weights=keep_weights,
             rescore_updated=rescore_updated,
+            retry_failed=retry_failed,
             full=full,
         )
         stop = threading.Event()
