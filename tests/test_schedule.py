@@ -69,11 +69,14 @@ def test_runs_are_coalesced_never_stacked() -> None:
 
 @pytest.mark.slow
 def test_schedule_subprocess_syncs_twice_and_stops_on_sigterm(tmp_path, zoo_models) -> None:
-    hub = start_hub(tmp_path / "repos", zoo_models, ["atlas-zoo/llama-chat-a"])
+    # qwen-chat-b has 3,100 downloads: the schedule's own filter skips it.
+    only = ["atlas-zoo/llama-chat-a", "atlas-zoo/qwen-chat-b"]
+    hub = start_hub(tmp_path / "repos", zoo_models, only)
     home = tmp_path / "home"
     url = f"sqlite:///{home / 'atlas.db'}"
     add_tiny(url)
-    cmd = atlas_cmd("schedule", "--cron", "*/2 * * * * *", "--textset", TINY)
+    cmd = atlas_cmd("schedule", "--cron", "*/2 * * * * *", "--textset", TINY,
+                    "--min-downloads", "10000")  # fmt: skip
     proc = subprocess.Popen(cmd, env=subprocess_env(home, hub.endpoint), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     store = Store(url)
@@ -95,6 +98,8 @@ def test_schedule_subprocess_syncs_twice_and_stops_on_sigterm(tmp_path, zoo_mode
         assert len(runs) >= 2 and runs[0].counts["scored"] == 1
         assert all(r.status in ("ok", "stopped") for r in runs)
         assert store.model("atlas-zoo/llama-chat-a").status == "scored"
+        skipped = store.model("atlas-zoo/qwen-chat-b")
+        assert (skipped.status, skipped.reason) == ("skipped", "low-downloads")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -136,6 +136,16 @@ def register(app: typer.Typer) -> None:
         textset: str = typer.Option(
             "sample", "--textset", "-t", help="Text set to score new models on."
         ),
+        min_downloads: int = typer.Option(
+            DEFAULT_MIN_DOWNLOADS,
+            "--min-downloads",
+            help="Skip models with fewer downloads in the last 30 days.",
+        ),
+        max_params: str = typer.Option(
+            f"{DEFAULT_MAX_PARAMS // 10**9}B",
+            "--max-params",
+            help="Skip models with more parameters (e.g. 70B, 500M).",
+        ),
         limit: int = typer.Option(
             None, "--limit", "-n", min=0, help="Score at most N models per run."
         ),
@@ -145,12 +155,17 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Run sync on a cron schedule in the foreground; SIGTERM stops after the current model."""
+        from atlas.discovery import Filters
         from atlas.schedule import run_schedule
         from atlas.sync import SyncOptions
 
         obj = ctx_obj(ctx)
+        filters = Filters(
+            min_downloads=min_downloads,
+            max_params=_parse_count(max_params) or DEFAULT_MAX_PARAMS,
+        )
         options = SyncOptions(
-            textset=textset, limit=limit, device=device, keep_weights=keep_weights
+            textset=textset, filters=filters, limit=limit, device=device, keep_weights=keep_weights
         )
         atlas = obj.atlas()
 
