@@ -181,6 +181,20 @@ def test_oof_predictions_match_closed_form_ridge():
     assert clipped == pytest.approx(np.clip(expected, -1.0, 1.0))
 
 
+@pytest.mark.parametrize(("n", "p"), [(40, 500), (60, 3), (30, 1)])
+def test_gram_ridge_equals_sklearn_ridgecv(n, p):
+    """The shared-Gram path picks the same alpha and predicts the same as RidgeCV."""
+    rng = np.random.default_rng(n + p)
+    X = rng.normal(size=(n, p)) + rng.normal(size=(1, p))
+    y = X @ rng.normal(size=p) * 0.1 + rng.normal(size=n) + 5
+    K = X @ X.T
+    for train, test in predict.random_folds(n, seed=0):
+        want, want_alpha = predict.fit_predict(X[train], y[train], X[test])
+        got, got_alpha = predict.gram_fit_predict(K, y, train, test)
+        assert got_alpha == want_alpha
+        assert got == pytest.approx(want, rel=1e-7, abs=1e-7)
+
+
 def test_group_folds_never_split_a_group():
     groups = ["llama", "llama", "qwen", "qwen", "qwen", "gemma", "mistral", "phi", "phi"]
     folds = predict.group_folds(groups, n_splits=3)
