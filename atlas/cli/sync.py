@@ -15,6 +15,26 @@ if TYPE_CHECKING:
     from atlas.sync import SyncSummary
 
 
+# Options that sync and schedule share.
+_TEXTSET = typer.Option(
+    "sample", "--textset", "-t", help="Text set to score new models on."
+)
+_MIN_DOWNLOADS = typer.Option(
+    DEFAULT_MIN_DOWNLOADS,
+    "--min-downloads",
+    help="Skip models with fewer downloads in the last 30 days.",
+)
+_MAX_PARAMS = typer.Option(
+    f"{DEFAULT_MAX_PARAMS // 10**9}B",
+    "--max-params",
+    help="Skip models with more parameters (e.g. 70B, 500M).",
+)
+_DEVICE = typer.Option(None, "--device", help="Torch device (default: best found).")
+_KEEP_WEIGHTS = typer.Option(
+    False, "--keep-weights", help="Keep downloaded weights under ATLAS_HOME/weights."
+)
+
+
 def _parse_count(text: str | None) -> int | None:
     """`70B`, `1.5M`, `7000000000` -> an integer parameter count."""
     if text is None:
@@ -48,23 +68,13 @@ def register(app: typer.Typer) -> None:
     @app.command("sync")
     def sync(
         ctx: typer.Context,
-        textset: str = typer.Option(
-            "sample", "--textset", "-t", help="Text set to score new models on."
-        ),
-        min_downloads: int = typer.Option(
-            DEFAULT_MIN_DOWNLOADS,
-            "--min-downloads",
-            help="Skip models with fewer downloads in the last 30 days.",
-        ),
-        max_params: str = typer.Option(
-            f"{DEFAULT_MAX_PARAMS // 10**9}B",
-            "--max-params",
-            help="Skip models with more parameters (e.g. 70B, 500M).",
-        ),
+        textset: str = _TEXTSET,
+        min_downloads: int = _MIN_DOWNLOADS,
+        max_params: str = _MAX_PARAMS,
         limit: int = typer.Option(
             None, "--limit", "-n", min=0, help="Score at most N models this run; the rest wait."
         ),
-        device: str = typer.Option(None, "--device", help="Torch device (default: best found)."),
+        device: str = _DEVICE,
         dtype: str = typer.Option(None, "--dtype", help="Weights dtype (default: the scorer's)."),
         variants: str = typer.Option(
             None, "--variants", help="Prompt variants, comma-separated (default: the text set's)."
@@ -72,9 +82,7 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(
             False, "--dry-run", help="List and decide, but write and score nothing."
         ),
-        keep_weights: bool = typer.Option(
-            False, "--keep-weights", help="Keep downloaded weights under ATLAS_HOME/weights."
-        ),
+        keep_weights: bool = _KEEP_WEIGHTS,
         rescore_updated: bool = typer.Option(
             False, "--rescore-updated", help="Score models again whose Hub revision changed."
         ),
@@ -133,26 +141,14 @@ def register(app: typer.Typer) -> None:
             "--cron",
             help="When to sync: 5 crontab fields, or 6 with seconds first (UTC).",
         ),
-        textset: str = typer.Option(
-            "sample", "--textset", "-t", help="Text set to score new models on."
-        ),
-        min_downloads: int = typer.Option(
-            DEFAULT_MIN_DOWNLOADS,
-            "--min-downloads",
-            help="Skip models with fewer downloads in the last 30 days.",
-        ),
-        max_params: str = typer.Option(
-            f"{DEFAULT_MAX_PARAMS // 10**9}B",
-            "--max-params",
-            help="Skip models with more parameters (e.g. 70B, 500M).",
-        ),
+        textset: str = _TEXTSET,
+        min_downloads: int = _MIN_DOWNLOADS,
+        max_params: str = _MAX_PARAMS,
         limit: int = typer.Option(
             None, "--limit", "-n", min=0, help="Score at most N models per run."
         ),
-        device: str = typer.Option(None, "--device", help="Torch device (default: best found)."),
-        keep_weights: bool = typer.Option(
-            False, "--keep-weights", help="Keep downloaded weights under ATLAS_HOME/weights."
-        ),
+        device: str = _DEVICE,
+        keep_weights: bool = _KEEP_WEIGHTS,
     ) -> None:
         """Run sync on a cron schedule in the foreground; SIGTERM stops after the current model."""
         from atlas.discovery import Filters
