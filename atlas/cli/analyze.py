@@ -18,6 +18,13 @@ PLOT_HELP = "Write the figure to this PNG file."
 JSON_HELP = "Print JSON."
 VARIANT_HELP = "Prompt variant of the vectors: base, cot, repeat or repeat+cot."
 
+# Options every analysis takes, declared once.
+_TEXTSET = typer.Option(None, "--textset", "-t", help=TEXTSET_HELP)
+_VARIANT = typer.Option("base", "--variant", help=VARIANT_HELP)
+_MODELS = typer.Option(None, "--models", "-m", help=MODELS_HELP)
+_PLOT = typer.Option(None, "--plot", help=PLOT_HELP)
+_JSON = typer.Option(False, "--json", help=JSON_HELP)
+
 
 def _models(value: str | None) -> list[str] | None:
     names = [m.strip() for m in (value or "").split(",") if m.strip()]
@@ -60,11 +67,11 @@ def register(app: typer.Typer) -> None:
     @group.command("pmi")
     def pmi_(
         ctx: typer.Context,
-        textset: str = typer.Option(None, "--textset", "-t", help=TEXTSET_HELP),
-        variant: str = typer.Option("base", "--variant", help=VARIANT_HELP),
-        models: str = typer.Option(None, "--models", "-m", help=MODELS_HELP),
-        plot: Path = typer.Option(None, "--plot", help=PLOT_HELP),
-        json: bool = typer.Option(False, "--json", help=JSON_HELP),
+        textset: str = _TEXTSET,
+        variant: str = _VARIANT,
+        models: str = _MODELS,
+        plot: Path = _PLOT,
+        json: bool = _JSON,
     ) -> None:
         """Mean PMI (the MI estimate) vs half the variance of the centred PMI, per model."""
         obj = ctx_obj(ctx)
@@ -74,10 +81,10 @@ def register(app: typer.Typer) -> None:
     @group.command("shift")
     def shift_(
         ctx: typer.Context,
-        textset: str = typer.Option(None, "--textset", "-t", help=TEXTSET_HELP),
-        models: str = typer.Option(None, "--models", "-m", help=MODELS_HELP),
-        plot: Path = typer.Option(None, "--plot", help=PLOT_HELP),
-        json: bool = typer.Option(False, "--json", help=JSON_HELP),
+        textset: str = _TEXTSET,
+        models: str = _MODELS,
+        plot: Path = _PLOT,
+        json: bool = _JSON,
     ) -> None:
         """Prompt shift: additivity of CoT and repeat shifts, and their transfer across models."""
         obj = ctx_obj(ctx)
@@ -91,7 +98,7 @@ def register(app: typer.Typer) -> None:
             ..., "--models", "-m",
             help="Comma-separated models: NAME=FOLDER, a folder, or a Hub repo id (3 or more).",
         ),
-        textset: str = typer.Option(None, "--textset", "-t", help=TEXTSET_HELP),
+        textset: str = _TEXTSET,
         prompts: int = typer.Option(
             None, "--prompts", help="Use only the first K prompts of the text set."
         ),
@@ -110,8 +117,8 @@ def register(app: typer.Typer) -> None:
         trust_remote_code: bool = typer.Option(
             False, "--trust-remote-code", help="Run the models' own code (this run only)."
         ),
-        plot: Path = typer.Option(None, "--plot", help=PLOT_HELP),
-        json: bool = typer.Option(False, "--json", help=JSON_HELP),
+        plot: Path = _PLOT,
+        json: bool = _JSON,
     ) -> None:
         """Monte Carlo KL from sampled responses vs the vector estimate (the paper's Sec. 6)."""
         obj = ctx_obj(ctx)
@@ -129,13 +136,13 @@ def register(app: typer.Typer) -> None:
             ..., "--scores", help="CSV with a `model` column and one column per benchmark."
         ),
         target: str = typer.Option(..., "--target", help="The CSV column to predict."),
-        textset: str = typer.Option(None, "--textset", "-t", help=TEXTSET_HELP),
-        variant: str = typer.Option("base", "--variant", help=VARIANT_HELP),
-        models: str = typer.Option(None, "--models", "-m", help=MODELS_HELP),
+        textset: str = _TEXTSET,
+        variant: str = _VARIANT,
+        models: str = _MODELS,
         folds: int = typer.Option(5, "--folds", help="Outer cross-validation folds."),
         seeds: int = typer.Option(5, "--seeds", help="Seeds of the random k-fold evaluation."),
-        plot: Path = typer.Option(None, "--plot", help=PLOT_HELP),
-        json: bool = typer.Option(False, "--json", help=JSON_HELP),
+        plot: Path = _PLOT,
+        json: bool = _JSON,
     ) -> None:
         """Ridge regression from double-centred vectors to a benchmark score, cross-validated."""
         obj = ctx_obj(ctx)
@@ -150,11 +157,11 @@ def register(app: typer.Typer) -> None:
     @group.command("lineage")
     def lineage_(
         ctx: typer.Context,
-        textset: str = typer.Option(None, "--textset", "-t", help=TEXTSET_HELP),
-        variant: str = typer.Option("base", "--variant", help=VARIANT_HELP),
-        models: str = typer.Option(None, "--models", "-m", help=MODELS_HELP),
-        plot: Path = typer.Option(None, "--plot", help=PLOT_HELP),
-        json: bool = typer.Option(False, "--json", help=JSON_HELP),
+        textset: str = _TEXTSET,
+        variant: str = _VARIANT,
+        models: str = _MODELS,
+        plot: Path = _PLOT,
+        json: bool = _JSON,
     ) -> None:
         """Is a fine-tuned model's KL-nearest neighbour its recorded base or a sibling?"""
         obj = ctx_obj(ctx)
