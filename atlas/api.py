@@ -10,17 +10,17 @@ from atlas import textsets
 from atlas.errors import UsageError
 from atlas.settings import Settings, redact_url
 from atlas.store import Store
-from atlas.tables import MODEL_STATUSES, HubModel, MapSnapshot, TextSet
+from atlas.store.tables import MODEL_STATUSES, HubModel, MapSnapshot, TextSet
 from atlas.textsets import ImportResult
 
 if TYPE_CHECKING:
-    from atlas.lineage import LineageResult
-    from atlas.neighbours import Neighbour
-    from atlas.pmi import PMIResult
-    from atlas.predict import PredictResult
-    from atlas.scoring import ScoreSummary
-    from atlas.shift import ShiftResult
-    from atlas.validate import ValidationResult
+    from atlas.analyses.kl_validation import ValidationResult
+    from atlas.analyses.lineage import LineageResult
+    from atlas.analyses.pmi import PMIResult
+    from atlas.analyses.predict import PredictResult
+    from atlas.analyses.shift import ShiftResult
+    from atlas.scoring.service import ScoreSummary
+    from atlas.space.neighbours import Neighbour
 
 
 class Atlas:
@@ -81,7 +81,7 @@ class Atlas:
         `variants` defaults to all four (base, cot, repeat, repeat+cot) on a pair set and to
         the one base vector on a plain set; the unconditional vector is computed once.
         """
-        from atlas.scoring import score_model
+        from atlas.scoring.service import score_model
 
         return score_model(
             self.store, str(model), textset, variants=variants, device=device, dtype=dtype,
@@ -107,7 +107,7 @@ class Atlas:
         from dataclasses import fields as dc_fields
         from dataclasses import replace
 
-        from atlas.discovery import Filters
+        from atlas.hub.discovery import Filters
         from atlas.sync import SyncOptions, sync
 
         options = options or SyncOptions()
@@ -131,7 +131,7 @@ class Atlas:
         progress: Callable[[str], None] | None = None,
     ) -> ImportResult:
         """Sample N single-turn pairs from a Hub dataset (Parquet/JSONL) into a text set."""
-        from atlas.hub_textsets import build_textset
+        from atlas.hub.datasets import build_textset
 
         return build_textset(
             self.store, dataset, n=n, seed=seed, name=name, split=split, revision=revision,
@@ -149,7 +149,7 @@ class Atlas:
         full: bool = False,
     ) -> MapSnapshot:
         """Store a new map snapshot: new models placed incrementally, or a full refit."""
-        from atlas import maps
+        from atlas.space import maps
 
         return maps.refresh(
             self.store, self.settings, method=method, textset=textset, variant=variant,
@@ -158,13 +158,13 @@ class Atlas:
 
     def map_snapshots(self, textset: str | None = None) -> list[MapSnapshot]:
         """Stored map snapshots, newest first."""
-        from atlas import maps
+        from atlas.space import maps
 
         return maps.snapshots(self.store, textset)
 
     def map_points(self, snapshot: int | None = None) -> list[dict[str, Any]]:
         """A snapshot's models (the newest snapshot when None) with their coordinates."""
-        from atlas import maps
+        from atlas.space import maps
 
         snap = maps.get_snapshot(self.store, snapshot)
         return [
@@ -176,7 +176,7 @@ class Atlas:
         self, directory: Path | str, snapshot: int | None = None, *, neighbours: int = 10
     ) -> Path:
         """Write a snapshot (the newest when None) as JSON, CSV, npz, PNG and an HTML page."""
-        from atlas import export
+        from atlas.export import snapshot as export
 
         return export.export(self.store, directory, snapshot, neighbours=neighbours)
 
@@ -198,7 +198,7 @@ class Atlas:
         `model` is a stored model, or a local folder / Hub id scored on the fly and placed
         without being stored unless `add`; `score_options` (device, dtype, ...) go to the scorer.
         """
-        from atlas.neighbours import nearest
+        from atlas.space.neighbours import nearest
 
         return nearest(
             self.store, self.settings, model, k, textset=textset, variant=variant, kind=kind,
@@ -207,7 +207,7 @@ class Atlas:
 
     def refresh_indexes(self, textset: str | None = None) -> dict[str, Any]:
         """Bring the nearest-neighbour indexes up to date with the store (new models added)."""
-        from atlas.index import refresh_indexes
+        from atlas.space.index import refresh_indexes
 
         return refresh_indexes(self.store, self.settings, textset)
 
@@ -244,8 +244,8 @@ class Atlas:
         models: list[str] | None = None,
     ) -> PMIResult:
         """MI estimates (mean PMI), their variance approximation, and the Table 2 table."""
-        from atlas import pmi
-        from atlas.validate import pick_textset
+        from atlas.analyses import pmi
+        from atlas.analyses.common import pick_textset
 
         name = pick_textset(self.store, textset)
         return pmi.analyze(self.store, name, variant=variant, models=models)
@@ -254,8 +254,8 @@ class Atlas:
         self, textset: str | None = None, *, models: list[str] | None = None
     ) -> ShiftResult:
         """Prompt-shift additivity, transfer and the mean-change correlation."""
-        from atlas import shift
-        from atlas.validate import pick_textset
+        from atlas.analyses import shift
+        from atlas.analyses.common import pick_textset
 
         return shift.analyze(self.store, pick_textset(self.store, textset), models=models)
 
@@ -263,17 +263,18 @@ class Atlas:
         self, models: list[str], textset: str | None = None, **options: Any
     ) -> ValidationResult:
         """Monte Carlo KL from sampled responses vs the vector estimate (see validate_kl)."""
-        from atlas import validate
+        from atlas.analyses import kl_validation as validate
+        from atlas.analyses.common import pick_textset
 
-        name = validate.pick_textset(self.store, textset)
+        name = pick_textset(self.store, textset)
         return validate.validate_kl(self.store, models, name, **options)
 
     def predict(
         self, scores: Path | str, target: str, textset: str | None = None, **options: Any
     ) -> PredictResult:
         """Ridge prediction of a benchmark score from the vectors, with its evaluation."""
-        from atlas import predict
-        from atlas.validate import pick_textset
+        from atlas.analyses import predict
+        from atlas.analyses.common import pick_textset
 
         name = pick_textset(self.store, textset)
         return predict.predict(self.store, name, scores, target, **options)
@@ -283,8 +284,8 @@ class Atlas:
         models: list[str] | None = None,
     ) -> LineageResult:
         """Precision at 1 and 5 of KL-nearest neighbours being a recorded base or sibling."""
-        from atlas import lineage
-        from atlas.validate import pick_textset
+        from atlas.analyses import lineage
+        from atlas.analyses.common import pick_textset
 
         name = pick_textset(self.store, textset)
         return lineage.analyze(self.store, name, variant=variant, models=models)

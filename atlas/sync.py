@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atlas import discovery
-from atlas.discovery import Filters
 from atlas.errors import AtlasError, ModelFailure
-from atlas.locking import store_lock
+from atlas.hub import discovery
+from atlas.hub.discovery import Filters
 from atlas.settings import Settings
 from atlas.store import Store
-from atlas.tables import HubModel, SyncRun, TextSet, Vector, utcnow
+from atlas.store.locking import store_lock
+from atlas.store.tables import HubModel, SyncRun, TextSet, Vector, utcnow
 
 # Waits between attempts of a Hub call that failed transiently (len + 1 attempts in all).
 RETRY_DELAYS: tuple[float, ...] = (0.5, 2.0, 8.0)
@@ -233,7 +233,7 @@ def score_hub_model(
     download that fails transiently (5xx, timeouts, cut connections) is retried here as a whole,
     after each of RETRY_DELAYS, on top of the scorer's own retries.
     """
-    from atlas import scoring
+    from atlas.scoring import service as scoring
 
     def attempt() -> Any:
         return scoring.score_model(
@@ -528,7 +528,7 @@ def refresh_derived(store: Store, settings: Settings, textset: TextSet, say: Pro
     """Refresh the text set's saved nearest-neighbour indexes and the stored map series."""
     refreshed: list[str] = []
     try:
-        from atlas import index
+        from atlas.space import index
 
         if index.saved_keys(settings, textset):
             for key, done in index.refresh_indexes(store, settings, textset).items():
@@ -538,7 +538,7 @@ def refresh_derived(store: Store, settings: Settings, textset: TextSet, say: Pro
     except Exception as exc:  # derived data can be rebuilt; never lose a sync over it
         say(f"refreshing the index failed: {_short(exc)}")
     try:
-        from atlas import maps
+        from atlas.space import maps
 
         if maps.snapshots(store):
             for done in maps.refresh_all(store, settings, progress=say):

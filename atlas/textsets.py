@@ -15,7 +15,7 @@ from sqlmodel import select
 
 from atlas.errors import NotFound, TextSetError
 from atlas.store import Store
-from atlas.tables import TextItem, TextSet
+from atlas.store.tables import TextItem, TextSet
 
 SAMPLE_NAME = "sample"
 

@@ -27,8 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from atlas import vectors
-from atlas.index import PCA_DIMS, RERANK, KLIndex, load_faiss
+from atlas.space import vectors
+from atlas.space.index import PCA_DIMS, RERANK, KLIndex, load_faiss
 
 RANK = 64
 K = 10

@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from atlas.scorer import Scorer
-from atlas.templates import Request, build_requests
+from atlas.scoring.engine import Scorer
+from atlas.scoring.templates import Request, build_requests
 from atlas.testing import zoo
 from atlas.textsets import read_items, sample_path
 

@@ -12,9 +12,10 @@ import sys
 
 def main() -> int:
     """Refresh maps and indexes; print one line per refreshed item."""
-    from atlas import Atlas, index, maps
+    from atlas import Atlas
     from atlas.errors import LockHeld
-    from atlas.locking import store_lock
+    from atlas.space import index, maps
+    from atlas.store.locking import store_lock
 
     with Atlas() as a:
         try:

@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
-import atlas.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+import atlas.store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 from atlas.settings import Settings
 
 config = context.config

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from atlas.store import Store
 from atlas.testing.demo_hub import demo_repos
-from atlas.testing.hub_server import LocalHub, RepoSpec
+from atlas.testing.hub import LocalHub, RepoSpec
 from atlas.textsets import Item, import_items
 
 TINY = "tiny"

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from atlas.store import Store
-from atlas.tables import HubModel, TextSet, Vector
+from atlas.store.tables import HubModel, TextSet, Vector
 from atlas.textsets import Item, import_items
 
 

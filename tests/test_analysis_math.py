@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from atlas import lineage, pmi, predict, shift, validate
+from atlas.analyses import kl_validation as validate
+from atlas.analyses import lineage, pmi, predict, shift
 
 # --- PMI ---------------------------------------------------------------------------------------
 COND = np.array([[-1, -2, -3, -4], [-2, -2, -2, -2], [-1, -3, -1, -3]], dtype=float)

@@ -33,7 +33,8 @@ VALIDATED = ("atlas-zoo/llama-base", "atlas-zoo/llama-chat-a", "atlas-zoo/qwen-b
 
 def _populate(url: str, zoo: dict, names: tuple[str, ...], tmp: Path) -> None:
     """Import the tiny text set, score `names` (all four variants), record their lineage."""
-    from atlas import scoring, textsets
+    from atlas import textsets
+    from atlas.scoring import service as scoring
     from atlas.store import Store
 
     path = tmp / "tiny.jsonl"
@@ -235,7 +236,7 @@ def test_analyses_on_postgres(cli, pg_url, zoo_by_name, tmp_path):
 
 
 def test_write_analyses_for_exports(sqlite_url, tmp_path):
-    from atlas.plots import write_analyses
+    from atlas.analyses.report import write_analyses
     from atlas.store import Store
 
     store = Store(sqlite_url)

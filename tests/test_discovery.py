@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from _sync_hub import start_hub
 
-from atlas import discovery
-from atlas.discovery import Candidate, Filters, decide, lineage, poll
+from atlas.hub import discovery
+from atlas.hub.discovery import Candidate, Filters, decide, lineage, poll
 from atlas.testing.demo_hub import EXPECTED
 
 NOW = datetime(2025, 6, 1, tzinfo=timezone.utc)
@@ -166,7 +166,7 @@ def test_second_poll_reads_only_first_pages(store, hub) -> None:
 
 
 def _spec_copy(hub, source, repo_id, when, **meta):
-    from atlas.testing.hub_server import RepoSpec
+    from atlas.testing.hub import RepoSpec
 
     spec = hub._get("model", source).spec
     return RepoSpec(repo_id, spec.folder, downloads=meta.pop("downloads", 5000),

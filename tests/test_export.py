@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from _vectorstore import clustered, make_textset, put_matrix, put_vector
 
-from atlas import export, html, vectors
+from atlas.export import page as html
+from atlas.export import snapshot as export
+from atlas.space import vectors
 from atlas.store import Store
 
 N_TEXTS = 30

@@ -24,7 +24,7 @@ from huggingface_hub.errors import (
 )
 from safetensors.numpy import save_file
 
-from atlas.testing.hub_server import LocalHub, RepoSpec, discover
+from atlas.testing.hub import LocalHub, RepoSpec, discover
 
 TOKEN = "hf_local_secret"
 TEMPLATE = "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
@@ -456,7 +456,7 @@ def test_cli_serves_a_folder_of_repos(tmp_path: Path) -> None:
     command = [
         sys.executable,
         "-m",
-        "atlas.testing.hub_server",
+        "atlas.testing.hub",
         "--models",
         str(tmp_path / "models"),
     ]

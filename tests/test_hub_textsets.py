@@ -7,10 +7,10 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from atlas.hub_textsets import is_data_file, pair_of, sample_pairs
+from atlas.hub.datasets import is_data_file, pair_of, sample_pairs
 from atlas.store import Store
 from atlas.testing.demo_hub import INFINITY_LIKE, TULU_LIKE, dataset_repos
-from atlas.testing.hub_server import LocalHub
+from atlas.testing.hub import LocalHub
 from atlas.textsets import Item, canonical_hash
 
 

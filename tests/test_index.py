@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from _vectorstore import clustered, make_textset, put_matrix, put_vector
 
-from atlas import vectors
 from atlas.errors import NotFound, UsageError
-from atlas.index import (
+from atlas.settings import Settings
+from atlas.space import vectors
+from atlas.space.index import (
     IndexCorrupt,
     KLIndex,
     index_stem,
@@ -19,7 +20,6 @@ from atlas.index import (
     resolve_mode,
     saved_keys,
 )
-from atlas.settings import Settings
 
 
 def brute_force(raw: np.ndarray, q: int, k: int, threshold: float | None = None):

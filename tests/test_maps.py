@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from _vectorstore import clustered, make_textset, put_matrix
 
-from atlas import maps, vectors
 from atlas.settings import Settings
+from atlas.space import maps, vectors
 
 N_TEXTS = 40
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from _vectorstore import clustered, make_textset, put_matrix, put_vector
 
-from atlas import matrices, vectors
 from atlas.api import Atlas
 from atlas.errors import NotFound, UsageError
-from atlas.neighbours import Placed, default_textset, place
-from atlas.store import Store
+from atlas.space import vectors
+from atlas.space.neighbours import Placed, default_textset, place
+from atlas.store import Store, matrices
 
 N = 64
 NAMES = [f"org-{i % 3}/model-{i:02d}" for i in range(18)]

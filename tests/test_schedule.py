@@ -15,7 +15,7 @@ from sqlmodel import select
 from atlas.errors import UsageError
 from atlas.schedule import parse_cron, run_schedule
 from atlas.store import Store
-from atlas.tables import SyncRun
+from atlas.store.tables import SyncRun
 
 MONDAY = datetime(2025, 6, 2, 12, 0, tzinfo=timezone.utc)  # a Monday
 

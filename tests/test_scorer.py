@@ -13,9 +13,8 @@ torch = pytest.importorskip("torch")
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from atlas.errors import ModelFailure  # noqa: E402
-from atlas.scorer import Scorer, score_items, score_naive  # noqa: E402
-from atlas.tables import VARIANTS  # noqa: E402
-from atlas.templates import (  # noqa: E402
+from atlas.scoring.engine import Scorer, score_items, score_naive  # noqa: E402
+from atlas.scoring.templates import (  # noqa: E402
     COT_SUFFIX,
     PROMPT_TRUNCATED,
     RESPONSE_TRUNCATED,
@@ -25,6 +24,7 @@ from atlas.templates import (  # noqa: E402
     transform_prompt,
     truncate,
 )
+from atlas.store.tables import VARIANTS  # noqa: E402
 from atlas.testing.zoo import corpus_texts  # noqa: E402
 from atlas.textsets import Item, read_items, sample_path  # noqa: E402
 

@@ -14,9 +14,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from atlas.api import Atlas  # noqa: E402
 from atlas.errors import ModelFailure, UsageError  # noqa: E402
-from atlas.loading import local_revision  # noqa: E402
-from atlas.scorer import SCORER_VERSION, score_items  # noqa: E402
-from atlas.testing.hub_server import LocalHub, RepoSpec  # noqa: E402
+from atlas.scoring.engine import SCORER_VERSION, score_items  # noqa: E402
+from atlas.scoring.loading import local_revision  # noqa: E402
+from atlas.testing.hub import LocalHub, RepoSpec  # noqa: E402
 from atlas.textsets import Item, import_items, load_items, read_items, sample_path  # noqa: E402
 
 ALL_PIECES = {
@@ -205,7 +205,7 @@ def test_scores_a_hub_model_by_repo_id(atlas_db, zoo_by_name, monkeypatch):
 
 
 def test_an_unreachable_hub_fails_the_model_with_download_error(cli, monkeypatch):
-    import atlas.loading
+    import atlas.scoring.loading
 
     monkeypatch.setattr(atlas.loading.time, "sleep", lambda _s: None)
     with LocalHub() as down:  # started, then stopped: nothing listens on its port

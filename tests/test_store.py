@@ -8,8 +8,9 @@ from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 
 from atlas.errors import StoreUnavailable
-from atlas.store import Store, alembic_config
-from atlas.tables import HubModel, TextSet, Vector
+from atlas.store import Store
+from atlas.store.db import alembic_config
+from atlas.store.tables import HubModel, TextSet, Vector
 
 TABLES = {"models", "textsets", "text_items", "vectors", "map_snapshots", "map_points",
           "sync_runs", "state"}

@@ -18,11 +18,11 @@ from huggingface_hub import constants
 from sqlmodel import func, select
 
 from atlas import sync as sync_mod
-from atlas.locking import store_lock
 from atlas.store import Store
-from atlas.tables import HubModel, SyncRun, Vector
+from atlas.store.locking import store_lock
+from atlas.store.tables import HubModel, SyncRun, Vector
 from atlas.testing.demo_hub import EXPECTED
-from atlas.testing.hub_server import LocalHub
+from atlas.testing.hub import LocalHub
 
 SCORED = sorted(r for r, (s, _) in EXPECTED.items() if s == "scored")
 NOW = datetime(2025, 6, 1, tzinfo=timezone.utc)

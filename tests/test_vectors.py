@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atlas import vectors
+from atlas.space import vectors
 
 # Three models, four texts.
 L = np.array(
@@ -121,8 +121,8 @@ def test_pmi_is_conditional_minus_unconditional():
 def test_matrix_for_assembles_kinds_and_pmi(store):
     from _vectorstore import make_textset, put_matrix, put_vector
 
-    from atlas import matrices
     from atlas.errors import UsageError
+    from atlas.store import matrices
 
     ts = make_textset(store, 4)
     put_matrix(store, ts, ["a/x", "b/y", "c/z"], L, tokens=np.array([2, 4, 6, 8]))
@@ -169,7 +169,7 @@ def test_matrix_for_assembles_kinds_and_pmi(store):
 def test_matrix_prefers_the_current_revision(store):
     from _vectorstore import make_textset, put_vector
 
-    from atlas import matrices
+    from atlas.store import matrices
 
     ts = make_textset(store, 4)
     put_vector(store, ts, "a/x", L[0], revision="old")

@@ -45,7 +45,7 @@ def _t(value: Any) -> Text:
 def _finish(
     obj: Any, result: Any, plot: Path | None, json: bool, render: Any, module: str
 ) -> None:
-    """Print JSON or the tables, then write the figure (`atlas.<module>.plot`) when asked."""
+    """Print JSON or the tables, then write the figure (`atlas.analyses.<module>.plot`) if asked."""
     if json:
         print_json(result.as_dict())
     else:
@@ -53,7 +53,7 @@ def _finish(
     if plot is not None:
         import importlib
 
-        written = importlib.import_module(f"atlas.{module}").plot(result, plot)
+        written = importlib.import_module(f"atlas.analyses.{module}").plot(result, plot)
         obj.info(f"figure written to {written}")
 
 
@@ -127,7 +127,7 @@ def register(app: typer.Typer) -> None:
             max_new_tokens=max_new_tokens, seed=seed, n_boot=bootstrap, device=device,
             dtype=dtype, trust_remote_code=trust_remote_code, log=obj.info,
         )  # fmt: skip
-        _finish(obj, result, plot, json, _render_validate, "validate")
+        _finish(obj, result, plot, json, _render_validate, "kl_validation")
 
     @group.command("predict")
     def predict_(

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Export a map snapshot: snapshot.json, models.csv, loglik.npz, map.png, map.html."""
-        from atlas.export import FILES
+        from atlas.export.snapshot import FILES
 
         obj = ctx_obj(ctx)
         out = obj.atlas().export(directory, snapshot, neighbours=neighbours)

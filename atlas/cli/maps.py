@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Store a new map snapshot: place new models into the last map, or refit it."""
-        from atlas import maps
+        from atlas.space import maps
 
         obj = ctx_obj(ctx)
         a = obj.atlas()

@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from atlas.cli.common import ctx_obj, human_count, out_console, print_json
-from atlas.tables import MODEL_STATUSES
+from atlas.store.tables import MODEL_STATUSES
 
 
 def register(app: typer.Typer) -> None:

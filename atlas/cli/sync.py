@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import typer
 
 from atlas.cli.common import ctx_obj, out_console, print_json
-from atlas.discovery import DEFAULT_MAX_PARAMS, DEFAULT_MIN_DOWNLOADS
 from atlas.errors import UsageError
+from atlas.hub.discovery import DEFAULT_MAX_PARAMS, DEFAULT_MIN_DOWNLOADS
 
 if TYPE_CHECKING:
     from atlas.sync import SyncSummary
@@ -53,7 +53,7 @@ def _parse_count(text: str | None) -> int | None:
 
 
 def _variants(text: str | None) -> tuple[str, ...] | None:
-    from atlas.tables import VARIANTS
+    from atlas.store.tables import VARIANTS
 
     if not text:
         return None
@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
         json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Poll the Hub, score new models, refresh the index and maps; safe to run from cron."""
-        from atlas.discovery import Filters
+        from atlas.hub.discovery import Filters
         from atlas.sync import SyncOptions, stop_on_signals
 
         obj = ctx_obj(ctx)
@@ -151,7 +151,7 @@ def register(app: typer.Typer) -> None:
         keep_weights: bool = _KEEP_WEIGHTS,
     ) -> None:
         """Run sync on a cron schedule in the foreground; SIGTERM stops after the current model."""
-        from atlas.discovery import Filters
+        from atlas.hub.discovery import Filters
         from atlas.schedule import run_schedule
         from atlas.sync import SyncOptions
 

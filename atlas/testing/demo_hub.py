@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from atlas.testing import zoo
-from atlas.testing.hub_server import LocalHub, RepoSpec
+from atlas.testing.hub import LocalHub, RepoSpec
 
 DAY0 = datetime(2025, 1, 6, 9, 0, tzinfo=timezone.utc)
 TULU_LIKE = "atlas-data/tulu-like"

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from atlas import matrices, vectors
 from atlas.errors import LockHeld, NotFound, UsageError
 from atlas.settings import Settings
-from atlas.store import Store
-from atlas.tables import TextSet
+from atlas.space import vectors
+from atlas.store import Store, matrices
+from atlas.store.tables import TextSet
 
 FORMAT_VERSION = 1
 MODES = ("exact", "pca")

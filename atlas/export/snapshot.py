@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 from sqlmodel import col, select
 
-from atlas import maps, matrices, vectors
 from atlas.errors import UsageError
-from atlas.store import Store
-from atlas.tables import HubModel, MapPoint, MapSnapshot, TextSet, Vector
+from atlas.space import maps, vectors
+from atlas.store import Store, matrices
+from atlas.store.tables import HubModel, MapPoint, MapSnapshot, TextSet, Vector
 
 FORMAT = "atlas-map-snapshot/1"
 FILES = ("snapshot.json", "models.csv", "loglik.npz", "map.png", "map.html", "analyses")
@@ -335,7 +335,7 @@ def page_data(data: SnapshotData) -> dict[str, Any]:
 
 def write_html(path: Path, data: SnapshotData) -> None:
     """map.html: the self-contained interactive page."""
-    from atlas.html import render_map
+    from atlas.export.page import render_map
 
     path.write_text(render_map(page_data(data), _title(data)), encoding="utf-8")
 
@@ -361,7 +361,7 @@ def export(
     write_npz(out / "loglik.npz", data)
     write_png(out / "map.png", data)
     write_html(out / "map.html", data)
-    from atlas.plots import write_analyses  # pmi, shift, lineage: JSON + PNG each
+    from atlas.analyses.report import write_analyses  # pmi, shift, lineage: JSON + PNG each
 
     write_analyses(store, data.textset.name, out / "analyses")
     return out

@@ -22,11 +22,11 @@ import numpy as np
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from atlas import matrices, vectors
 from atlas.errors import NotFound, UsageError
 from atlas.settings import Settings
-from atlas.store import Store
-from atlas.tables import HubModel, MapPoint, MapSnapshot, TextSet, Vector
+from atlas.space import vectors
+from atlas.store import Store, matrices
+from atlas.store.tables import HubModel, MapPoint, MapSnapshot, TextSet, Vector
 
 METHODS = ("tsne", "pca")
 SEED = 42

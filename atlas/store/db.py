@@ -16,7 +16,7 @@ from sqlmodel import Session, col, create_engine, select
 
 from atlas.errors import MigrationError, NotFound, StoreUnavailable
 from atlas.settings import redact_url
-from atlas.tables import HubModel, StateEntry, SyncRun, TextSet, Vector, utcnow
+from atlas.store.tables import HubModel, StateEntry, SyncRun, TextSet, Vector, utcnow
 
 
 def migrations_dir() -> Path:

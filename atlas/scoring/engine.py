@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 
 from atlas.errors import ModelFailure, UsageError
-from atlas.tables import VARIANTS
-from atlas.templates import (
+from atlas.scoring.templates import (
     CONDITIONAL,
     NOT_TRUNCATED,
     UNCONDITIONAL,
@@ -27,6 +26,7 @@ from atlas.templates import (
     build_requests,
     has_chat_template,
 )
+from atlas.store.tables import VARIANTS
 
 SCORER_VERSION = "atlas-scorer/1"
 CPU_BATCH_TOKENS = 2048

@@ -10,11 +10,12 @@ from typing import Any
 
 from sqlmodel import col, delete
 
-from atlas import loading, textsets
+from atlas import textsets
 from atlas.errors import ModelFailure, UsageError
+from atlas.scoring import loading
+from atlas.scoring.templates import parse_variants
 from atlas.store import Store
-from atlas.tables import VARIANTS, Vector
-from atlas.templates import parse_variants
+from atlas.store.tables import VARIANTS, Vector
 
 Piece = tuple[str, str]
 ProgressArg = bool | Callable[[int], None]
@@ -152,7 +153,7 @@ def score_model(
     chosen = parse_variants(variants) if variants is not None else VARIANTS
     if plain and chosen != ("base",) and variants is not None:
         raise UsageError(f"text set {textset_name!r} is plain: it has only the base variant")
-    from atlas.scorer import plan_pieces
+    from atlas.scoring.engine import plan_pieces
 
     planned = plan_pieces(plain, chosen)
 
@@ -231,7 +232,7 @@ def _run(
     say: Callable[[str], None],
     weights_dir: Path | None,
 ) -> None:
-    from atlas.scorer import SCORER_VERSION, ScoredVector, Scorer, score_items
+    from atlas.scoring.engine import SCORER_VERSION, ScoredVector, Scorer, score_items
 
     if ref.source == "hub":
         say(f"downloading {ref.repo_id}@{ref.revision[:10]} (safetensors and tokenizer files)")

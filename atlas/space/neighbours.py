@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from atlas import index as kl_index
-from atlas import matrices, vectors
 from atlas.errors import AtlasError, ModelFailure, NotFound, UsageError
 from atlas.settings import Settings
-from atlas.store import Store
-from atlas.tables import HubModel, TextSet
+from atlas.space import index as kl_index
+from atlas.space import vectors
+from atlas.store import Store, matrices
+from atlas.store.tables import HubModel, TextSet
 from atlas.textsets import SAMPLE_NAME
 
 
@@ -189,8 +189,9 @@ def _score_unstored(
     options: dict[str, Any] | None,
 ) -> Placed:
     """Score a folder or Hub model on the text set with the store-free scorer API."""
-    from atlas import loading, textsets
-    from atlas.scorer import score_items
+    from atlas import textsets
+    from atlas.scoring import loading
+    from atlas.scoring.engine import score_items
 
     opts = dict(options or {})
     if ts.kind == "plain" and kind != "unconditional":
@@ -230,7 +231,7 @@ def _score_and_store(
     options: dict[str, Any] | None,
 ) -> HubModel:
     """Score a model into the store (`--add`), then return its row."""
-    from atlas.scoring import score_model
+    from atlas.scoring.service import score_model
 
     opts = dict(options or {})
     variants = [variant] if kind != "unconditional" else ["base"]

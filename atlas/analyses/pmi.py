@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from atlas import vectors
-from atlas.validate import correlations, load_clipped, plain
+from atlas.analyses.common import correlations, load_clipped, plain
+from atlas.space import vectors
 
 if TYPE_CHECKING:
     from atlas.store import Store
@@ -159,7 +159,7 @@ def analyze(
 
 def plot(result: PMIResult, path: Path | str) -> Path:
     """Scatter of the MI estimate (mean PMI) against half the variance of the centred PMI."""
-    from atlas import plots
+    from atlas.analyses import plots
 
     return plots.scatter(
         path,

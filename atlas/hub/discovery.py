@@ -338,7 +338,7 @@ class _Known:
 def _known_models(store: Store) -> dict[str, _Known]:
     from sqlmodel import select
 
-    from atlas.tables import HubModel
+    from atlas.store.tables import HubModel
 
     with store.session() as s:
         rows = s.exec(select(HubModel.repo_id, HubModel.revision, HubModel.status)).all()
@@ -485,7 +485,7 @@ def record_models(store: Store, updates: dict[str, dict[str, Any]]) -> None:
     """Insert or update many model rows (repo id -> fields) in one transaction."""
     from sqlmodel import col, select
 
-    from atlas.tables import HubModel, utcnow
+    from atlas.store.tables import HubModel, utcnow
 
     with store.session() as s:
         repos = list(updates)

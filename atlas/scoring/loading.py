@@ -243,7 +243,7 @@ def load(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from atlas.templates import has_chat_template
+    from atlas.scoring.templates import has_chat_template
 
     names = [p.name for p in folder.iterdir() if p.is_file()]
     if not _has_safetensors(names):
@@ -303,6 +303,6 @@ def load(
 
 
 def _is_oom(exc: BaseException) -> bool:
-    from atlas.scorer import _is_oom as is_oom
+    from atlas.scoring.engine import _is_oom as is_oom
 
     return is_oom(exc)

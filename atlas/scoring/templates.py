@@ -15,7 +15,7 @@ from itertools import pairwise
 from typing import Any
 
 from atlas.errors import ModelFailure, UsageError
-from atlas.tables import VARIANTS
+from atlas.store.tables import VARIANTS
 
 COT_SUFFIX = "\nLet's think step by step."
 CONDITIONAL = "conditional"

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from atlas import vectors
-from atlas.validate import load_clipped, pearson, plain
+from atlas.analyses.common import load_clipped, pearson, plain
+from atlas.space import vectors
 
 if TYPE_CHECKING:
     from atlas.store import Store
@@ -210,7 +210,7 @@ def analyze(store: Store, textset: str, *, models: list[str] | None = None) -> S
 
 def plot(result: ShiftResult, path: Path | str) -> Path:
     """Base points with lines to their shifted versions, in the span of the mean shifts."""
-    from atlas import plots
+    from atlas.analyses import plots
 
     base, shifted, ratio = result.coords or projection(np.zeros((0, 0)), {})
     s = result.summary()

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from sqlmodel import col, select
 
-from atlas import vectors
 from atlas.errors import UsageError
+from atlas.space import vectors
 from atlas.store import Store
-from atlas.tables import VARIANTS, HubModel, TextSet, Vector
+from atlas.store.tables import VARIANTS, HubModel, TextSet, Vector
 
 KINDS = ("conditional", "unconditional", "pmi")
 

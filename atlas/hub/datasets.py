@@ -199,7 +199,7 @@ def build_textset(
     """Download a Hub dataset's data files and store N sampled pairs as a text set."""
     from huggingface_hub import snapshot_download
 
-    from atlas import discovery
+    from atlas.hub import discovery
     from atlas.sync import quiet_hub_bars, with_retries
 
     if n < 1:

@@ -3,93 +3,21 @@
 Each model answers every prompt (temperature 1.0, top-p 0.95, top-k 50, seeded); every model
 scores every response as a conditional log-likelihood; `KL(p_i || p_j)` is estimated as the mean
 over prompts of `log p_i(y | x) − log p_j(y | x)` for `y ~ p_i(· | x)`. Symmetrised, it is
-compared with `||ξ_i − ξ_j||² / (2N)` from the stored centred conditional vectors. Also home of
-the small statistics helpers (correlations, bootstrap) that every analysis shares.
+compared with `||ξ_i − ξ_j||² / (2N)` from the stored centred conditional vectors.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from atlas.errors import NotFound
+from atlas.analyses.common import bootstrap_ci, pearson, plain, spearman
 
 if TYPE_CHECKING:
     from atlas.store import Store
-    from atlas.tables import HubModel
-
-
-# --- statistics shared by the analyses --------------------------------------------------------
-def _ranks(x: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-
-    return rankdata(x)
-
-
-def pearson(x: Any, y: Any) -> float:
-    """Pearson correlation; NaN when fewer than two finite pairs or a constant side."""
-    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    keep = np.isfinite(a) & np.isfinite(b)
-    a, b = a[keep], b[keep]
-    if a.size < 2:
-        return math.nan
-    a, b = a - a.mean(), b - b.mean()
-    denom = math.sqrt(float(a @ a) * float(b @ b))
-    if denom <= 1e-300:
-        return math.nan
-    return float(np.clip((a @ b) / denom, -1.0, 1.0))
-
-
-def spearman(x: Any, y: Any) -> float:
-    """Spearman rank correlation (Pearson of average ranks); NaN as for `pearson`."""
-    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    keep = np.isfinite(a) & np.isfinite(b)
-    if keep.sum() < 2:
-        return math.nan
-    return pearson(_ranks(a[keep]), _ranks(b[keep]))
-
-
-def correlations(x: Any, y: Any) -> tuple[float, float]:
-    """(Pearson, Spearman) of two equally long sequences."""
-    return pearson(x, y), spearman(x, y)
-
-
-def bootstrap_ci(
-    statistic: Callable[[np.ndarray], float],
-    n: int,
-    *,
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float]:
-    """Percentile interval of `statistic(indices)` over `n_boot` resamples of range(n)."""
-    rng = np.random.default_rng(seed)
-    values = np.array([statistic(rng.integers(0, n, size=n)) for _ in range(n_boot)])
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return math.nan, math.nan
-    tail = (1.0 - level) / 2.0 * 100.0
-    lo, hi = np.percentile(values, [tail, 100.0 - tail])
-    return float(lo), float(hi)
-
-
-def plain(value: Any) -> Any:
-    """JSON-ready copy: numpy scalars and arrays to Python, NaN and infinities to None."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return plain(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # --- Monte Carlo KL ---------------------------------------------------------------------------
@@ -130,7 +58,7 @@ def upper_pairs(matrix: np.ndarray) -> np.ndarray:
 
 def vector_kl(cond: np.ndarray) -> np.ndarray:
     """The vector estimate `||ξ_i − ξ_j||² / (2N)` from clipped conditional vectors."""
-    from atlas import vectors
+    from atlas.space import vectors
 
     return vectors.kl_matrix(vectors.center(cond))
 
@@ -174,74 +102,6 @@ def compare(
         pearson_ci=pearson_ci,
         spearman_ci=spearman_ci,
     )
-
-
-# --- loading clipped matrices for the analyses ------------------------------------------------
-def pick_textset(store: Store, name: str | None = None) -> str:
-    """`name` when given (it must exist), else `sample` when it holds vectors, else the text
-    set with the most scored models (the default of `atlas nearest` too)."""
-    if name:
-        return store.textset(name).name
-    from sqlalchemy import func
-    from sqlmodel import select
-
-    from atlas.tables import TextSet, Vector
-
-    query = (
-        select(TextSet.name, func.count(func.distinct(Vector.model_id)))
-        .join(Vector, Vector.textset_id == TextSet.id)
-        .where(Vector.variant == "base")
-        .group_by(TextSet.name)
-    )
-    with store.session() as s:
-        counts = sorted(s.exec(query).all(), key=lambda row: (-row[1], row[0]))
-    if not counts:
-        raise NotFound("no model has been scored yet", hint="score models with `atlas score`")
-    if any(name == "sample" for name, _ in counts):
-        return "sample"
-    return str(counts[0][0])
-
-
-def load_clipped(
-    store: Store,
-    textset: str,
-    keys: Sequence[tuple[str, str]],
-    models: Sequence[str] | None = None,
-) -> tuple[list[HubModel], list[np.ndarray]]:
-    """Aligned clipped matrices, one per (variant, kind), for the models that have every key.
-
-    Each matrix is clipped at the 2% quantile of all stored models' values for its key (the
-    atlas's threshold), then restricted to `models` (repo ids, in that order) when given.
-    """
-    from atlas import matrices, vectors
-
-    loaded = [matrices.load(store, textset, variant, kind) for variant, kind in keys]
-    by_id = [{m.id: i for i, m in enumerate(mat.models)} for mat in loaded]
-    if models:
-        wanted = []
-        for name in models:
-            row = store.model(name)
-            if row is None:
-                raise NotFound(f"no model {name!r} in the store", hint="see `atlas models list`")
-            missing = [f"{v}/{k}" for (v, k), ids in zip(keys, by_id, strict=True)
-                       if row.id not in ids]
-            if missing:
-                raise NotFound(
-                    f"{name} has no {', '.join(missing)} vectors on text set {textset!r}",
-                    hint="score it first with `atlas score`",
-                )
-            wanted.append(row.id)
-    else:
-        wanted = [m.id for m in loaded[0].models if all(m.id in ids for ids in by_id)]
-    first = {m.id: m for m in loaded[0].models}
-    out = []
-    for mat, ids in zip(loaded, by_id, strict=True):
-        if not wanted:
-            out.append(np.zeros((0, mat.values.shape[1])))
-            continue
-        clipped = vectors.clip(mat.values, vectors.clip_threshold(mat.values))
-        out.append(clipped[[ids[m] for m in wanted]])
-    return [first[m] for m in wanted], out
 
 
 # --- the experiment: generate, cross-score, compare --------------------------------------------
@@ -338,7 +198,7 @@ def generate(
     import torch
 
     from atlas.errors import ModelFailure
-    from atlas.templates import has_chat_template
+    from atlas.scoring.templates import has_chat_template
 
     model, tok = loaded.model, loaded.tokenizer
     if not has_chat_template(tok):
@@ -411,9 +271,11 @@ def validate_kl(
     """
     import time
 
-    from atlas import loading, matrices, textsets
+    from atlas import textsets
     from atlas.errors import UsageError
-    from atlas.scorer import score_items
+    from atlas.scoring import loading
+    from atlas.scoring.engine import score_items
+    from atlas.store import matrices
     from atlas.textsets import Item
 
     say = log or (lambda _msg: None)
@@ -481,7 +343,7 @@ def validate_kl(
         _free()
     source = {n: ("store" if n in {mm.repo_id for mm in stored.models} else "computed")
               for n in names}
-    from atlas import vectors
+    from atlas.space import vectors
 
     L = np.stack([rows[n] for n in names])
     vector = vector_kl(vectors.clip(L, vectors.clip_threshold(L)))
@@ -510,7 +372,7 @@ def _free() -> None:
 
 def plot(result: ValidationResult, path: Any) -> Any:
     """Scatter of symmetrised Monte Carlo KL against the vector estimate, one point per pair."""
-    from atlas import plots
+    from atlas.analyses import plots
 
     c = result.comparison
     pairs = result.pairs()

@@ -1,0 +1,1 @@
+"""Analyses of stored vectors: PMI, prompt shift, lineage, benchmark prediction, KL validation."""

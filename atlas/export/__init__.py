@@ -1,0 +1,1 @@
+"""Snapshot export: JSON, CSV, npz, PNG and the self-contained map page."""

@@ -1,0 +1,1 @@
+"""The Hugging Face Hub: one client (endpoint, token, retries, downloads), discovery, datasets."""

@@ -1,0 +1,1 @@
+"""Scoring: chat templates, model loading, the engine, and the service that stores vectors."""
