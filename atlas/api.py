@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from atlas import textsets
+from atlas import sync, textsets
+from atlas.analyses import kl_validation, lineage, pmi, predict, shift
+from atlas.analyses.common import pick_textset
+from atlas.analyses.kl_validation import ValidationResult
+from atlas.analyses.lineage import LineageResult
+from atlas.analyses.pmi import PMIResult
+from atlas.analyses.predict import PredictResult
+from atlas.analyses.shift import ShiftResult
 from atlas.errors import UsageError
+from atlas.export import snapshot as export_snapshot
+from atlas.hub import datasets
+from atlas.scoring.service import ScoreSummary, score_model
 from atlas.settings import Settings, redact_url
+from atlas.space import index, maps, neighbours
+from atlas.space.maps import MapRefresh
+from atlas.space.neighbours import Neighbour
 from atlas.store import Store
 from atlas.store.tables import MODEL_STATUSES, HubModel, MapSnapshot, TextSet
+from atlas.sync import SyncOptions, SyncSummary
 from atlas.textsets import ImportResult
-
-if TYPE_CHECKING:
-    from atlas.analyses.kl_validation import ValidationResult
-    from atlas.analyses.lineage import LineageResult
-    from atlas.analyses.pmi import PMIResult
-    from atlas.analyses.predict import PredictResult
-    from atlas.analyses.shift import ShiftResult
-    from atlas.scoring.service import ScoreSummary
-    from atlas.space.neighbours import Neighbour
 
 
 class Atlas:
@@ -35,6 +41,16 @@ class Atlas:
 
     def close(self) -> None:
         self.store.close()
+
+    @classmethod
+    def upgrade_db(cls, database_url: str | None = None, *, home: Path | None = None) -> bool:
+        """Migrate the database to the newest schema; True when a migration ran."""
+        with cls(database_url, home=home, migrate=False) as atlas:
+            return atlas.store.ensure_schema()
+
+    def schema_revision(self) -> str | None:
+        """The database's schema revision."""
+        return self.store.current_revision()
 
     def __enter__(self) -> Atlas:
         return self
@@ -73,7 +89,7 @@ class Atlas:
         trust_remote_code: bool = False,
         batch_tokens: int | None = None,
         force: bool = False,
-        progress: bool | Callable[[int], None] = True,
+        progress: Callable[[int, int], None] | None = None,
         log: Callable[[str], None] | None = None,
     ) -> ScoreSummary:
         """Score a Hub repo id or local HF folder on a text set and store its vectors.
@@ -81,8 +97,6 @@ class Atlas:
         `variants` defaults to all four (base, cot, repeat, repeat+cot) on a pair set and to
         the one base vector on a plain set; the unconditional vector is computed once.
         """
-        from atlas.scoring.service import score_model
-
         return score_model(
             self.store, str(model), textset, variants=variants, device=device, dtype=dtype,
             max_tokens=max_tokens, name=name, revision=revision,
@@ -93,31 +107,19 @@ class Atlas:
     # --- Hub sync and Hub text sets -----------------------------------------------------
     def sync(
         self,
-        options: Any = None,
+        options: SyncOptions | None = None,
         *,
-        stop: Any = None,
+        stop: threading.Event | None = None,
         progress: Callable[[str], None] | None = None,
-        **fields: Any,
-    ) -> Any:
-        """Poll the Hub, score what is new, refresh derived data; returns a SyncSummary.
+        **overrides: Any,
+    ) -> SyncSummary:
+        """Poll the Hub, score what is new, refresh derived data.
 
-        `options` is a `SyncOptions`; keyword fields override it (`limit=3`, `textset="x"`,
-        or filter fields such as `min_downloads=10`).
+        `overrides` replace fields of `options` (`limit=3`, `textset="x"`) or of its filters
+        (`min_downloads=10`); an unknown name is a UsageError.
         """
-        from dataclasses import fields as dc_fields
-        from dataclasses import replace
-
-        from atlas.hub.discovery import Filters
-        from atlas.sync import SyncOptions, sync
-
-        options = options or SyncOptions()
-        names = {f.name for f in dc_fields(Filters)}
-        filter_fields = {k: v for k, v in fields.items() if k in names}
-        if filter_fields:
-            fields = {k: v for k, v in fields.items() if k not in names}
-            fields["filters"] = replace(options.filters, **filter_fields)
-        options = replace(options, **fields)
-        return sync(self.store, options, settings=self.settings, stop=stop, progress=progress)
+        options = (options or SyncOptions()).with_overrides(**overrides)
+        return sync.sync(self.store, options, settings=self.settings, stop=stop, progress=progress)
 
     def build_textset(
         self,
@@ -131,9 +133,7 @@ class Atlas:
         progress: Callable[[str], None] | None = None,
     ) -> ImportResult:
         """Sample N single-turn pairs from a Hub dataset (Parquet/JSONL) into a text set."""
-        from atlas.hub.datasets import build_textset
-
-        return build_textset(
+        return datasets.build_textset(
             self.store, dataset, n=n, seed=seed, name=name, split=split, revision=revision,
             settings=self.settings, progress=progress,
         )  # fmt: skip
@@ -147,25 +147,20 @@ class Atlas:
         variant: str = "base",
         kind: str = "conditional",
         full: bool = False,
-    ) -> MapSnapshot:
+        progress: Callable[[str], None] | None = None,
+    ) -> MapRefresh:
         """Store a new map snapshot: new models placed incrementally, or a full refit."""
-        from atlas.space import maps
-
         return maps.refresh(
             self.store, self.settings, method=method, textset=textset, variant=variant,
-            kind=kind, full=full,
-        ).snapshot  # fmt: skip
+            kind=kind, full=full, progress=progress,
+        )  # fmt: skip
 
     def map_snapshots(self, textset: str | None = None) -> list[MapSnapshot]:
         """Stored map snapshots, newest first."""
-        from atlas.space import maps
-
         return maps.snapshots(self.store, textset)
 
     def map_points(self, snapshot: int | None = None) -> list[dict[str, Any]]:
         """A snapshot's models (the newest snapshot when None) with their coordinates."""
-        from atlas.space import maps
-
         snap = maps.get_snapshot(self.store, snapshot)
         return [
             {"model": m.repo_id, "id": m.id, "x": p.x, "y": p.y, "model_type": m.model_type}
@@ -176,9 +171,7 @@ class Atlas:
         self, directory: Path | str, snapshot: int | None = None, *, neighbours: int = 10
     ) -> Path:
         """Write a snapshot (the newest when None) as JSON, CSV, npz, PNG and an HTML page."""
-        from atlas.export import snapshot as export
-
-        return export.export(self.store, directory, snapshot, neighbours=neighbours)
+        return export_snapshot.export(self.store, directory, snapshot, neighbours=neighbours)
 
     # --- nearest neighbours -------------------------------------------------------------
     def nearest(
@@ -198,18 +191,14 @@ class Atlas:
         `model` is a stored model, or a local folder / Hub id scored on the fly and placed
         without being stored unless `add`; `score_options` (device, dtype, ...) go to the scorer.
         """
-        from atlas.space.neighbours import nearest
-
-        return nearest(
+        return neighbours.nearest(
             self.store, self.settings, model, k, textset=textset, variant=variant, kind=kind,
             add=add, log=log, score_options=score_options,
         )  # fmt: skip
 
     def refresh_indexes(self, textset: str | None = None) -> dict[str, Any]:
         """Bring the nearest-neighbour indexes up to date with the store (new models added)."""
-        from atlas.space.index import refresh_indexes
-
-        return refresh_indexes(self.store, self.settings, textset)
+        return index.refresh_indexes(self.store, self.settings, textset)
 
     # --- models and status --------------------------------------------------------------
     def models(self, status: str | None = None) -> list[HubModel]:
@@ -244,9 +233,6 @@ class Atlas:
         models: list[str] | None = None,
     ) -> PMIResult:
         """MI estimates (mean PMI), their variance approximation, and the Table 2 table."""
-        from atlas.analyses import pmi
-        from atlas.analyses.common import pick_textset
-
         name = pick_textset(self.store, textset)
         return pmi.analyze(self.store, name, variant=variant, models=models)
 
@@ -254,28 +240,19 @@ class Atlas:
         self, textset: str | None = None, *, models: list[str] | None = None
     ) -> ShiftResult:
         """Prompt-shift additivity, transfer and the mean-change correlation."""
-        from atlas.analyses import shift
-        from atlas.analyses.common import pick_textset
-
         return shift.analyze(self.store, pick_textset(self.store, textset), models=models)
 
     def validate_kl(
         self, models: list[str], textset: str | None = None, **options: Any
     ) -> ValidationResult:
         """Monte Carlo KL from sampled responses vs the vector estimate (see validate_kl)."""
-        from atlas.analyses import kl_validation as validate
-        from atlas.analyses.common import pick_textset
-
         name = pick_textset(self.store, textset)
-        return validate.validate_kl(self.store, models, name, **options)
+        return kl_validation.validate_kl(self.store, models, name, **options)
 
     def predict(
         self, scores: Path | str, target: str, textset: str | None = None, **options: Any
     ) -> PredictResult:
         """Ridge prediction of a benchmark score from the vectors, with its evaluation."""
-        from atlas.analyses import predict
-        from atlas.analyses.common import pick_textset
-
         name = pick_textset(self.store, textset)
         return predict.predict(self.store, name, scores, target, **options)
 
@@ -284,8 +261,5 @@ class Atlas:
         models: list[str] | None = None,
     ) -> LineageResult:
         """Precision at 1 and 5 of KL-nearest neighbours being a recorded base or sibling."""
-        from atlas.analyses import lineage
-        from atlas.analyses.common import pick_textset
-
         name = pick_textset(self.store, textset)
         return lineage.analyze(self.store, name, variant=variant, models=models)

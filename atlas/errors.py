@@ -45,12 +45,6 @@ class TextSetError(AtlasError):
     exit_code = 5
 
 
-class ConflictError(AtlasError):
-    """A write would contradict what is already stored."""
-
-    exit_code = 5
-
-
 class LockHeld(AtlasError):
     """Another process holds the lock for this store."""
 

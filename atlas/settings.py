@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
+
+from atlas.errors import UsageError
 
 
 def _default_home() -> Path:
@@ -54,7 +56,6 @@ class Settings:
         except ValueError:
             value = -1.0
         if not value > 0:
-            from atlas.errors import UsageError
 
             raise UsageError(f"ATLAS_MAP_REFIT_FRACTION must be a positive number, not {raw!r}")
         return value
@@ -64,13 +65,9 @@ class Settings:
         """`ATLAS_INDEX_MODE`: exact, pca, or auto (default: pca from 100,000 models)."""
         value = os.environ.get("ATLAS_INDEX_MODE", "").strip().lower() or "auto"
         if value not in ("auto", "exact", "pca"):
-            from atlas.errors import UsageError
 
             raise UsageError(f"ATLAS_INDEX_MODE must be auto, exact or pca, not {value!r}")
         return value
-
-    def with_url(self, url: str | None) -> Settings:
-        return replace(self, database_url=url) if url else self
 
 
 def redact_url(url: str) -> str:
@@ -81,3 +78,25 @@ def redact_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparseable database URL>"
+
+
+# --- the Hugging Face Hub: read at call time (huggingface_hub reads them only at import) -------
+
+
+def hf_endpoint() -> str | None:
+    """`HF_ENDPOINT`, when set."""
+    value = os.environ.get("HF_ENDPOINT", "").strip()
+    return value.rstrip("/") or None
+
+
+def hf_token() -> str | None:
+    """`HF_TOKEN` (or the older `HUGGING_FACE_HUB_TOKEN`); never logged, printed or stored."""
+    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+
+
+def hf_timeout(default: float) -> float:
+    """`HF_HUB_ETAG_TIMEOUT` in seconds, else `default`."""
+    try:
+        return float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or default)
+    except ValueError:
+        return default

@@ -10,26 +10,24 @@ next run picks up; vector pieces are written atomically and keyed, so nothing is
 
 from __future__ import annotations
 
-import errno
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from atlas.errors import AtlasError, ModelFailure
-from atlas.hub import discovery
+from atlas import textsets
+from atlas.errors import AtlasError, ModelFailure, UsageError
+from atlas.hub import client, discovery
 from atlas.hub.discovery import Filters
+from atlas.scoring import service
 from atlas.settings import Settings
-from atlas.store import Store
+from atlas.space import index, maps
+from atlas.store import Store, queries
 from atlas.store.locking import store_lock
-from atlas.store.tables import HubModel, SyncRun, TextSet, Vector, utcnow
+from atlas.store.tables import HubModel, TextSet
 
-# Waits between attempts of a Hub call that failed transiently (len + 1 attempts in all).
-RETRY_DELAYS: tuple[float, ...] = (0.5, 2.0, 8.0)
 # A model found `scoring` this many times (its runs were killed, e.g. out of memory) fails.
 MAX_ATTEMPTS = 3
 
@@ -51,6 +49,19 @@ class SyncOptions:
     rescore_updated: bool = False
     retry_failed: bool = False
     full: bool = False
+
+    def with_overrides(self, **overrides: Any) -> SyncOptions:
+        """A copy with fields of these options, or of their filters, replaced."""
+        own = {f.name for f in fields(self)}
+        filter_names = {f.name for f in fields(Filters)}
+        unknown = sorted(set(overrides) - own - filter_names)
+        if unknown:
+            raise UsageError(f"unknown sync option(s): {', '.join(unknown)}")
+        on_filters = {k: v for k, v in overrides.items() if k not in own}
+        mine = {k: v for k, v in overrides.items() if k in own}
+        if on_filters:
+            mine["filters"] = replace(mine.get("filters", self.filters), **on_filters)
+        return replace(self, **mine)
 
 
 @dataclass
@@ -128,95 +139,7 @@ class SyncSummary:
         return line + (" (stopped)" if self.stopped else "")
 
 
-# --- retries --------------------------------------------------------------------------------
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether a Hub failure is worth retrying (5xx, 408/429, timeouts, cut connections)."""
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    if isinstance(exc, LocalEntryNotFoundError):
-        return True  # hf_hub_download's answer to a HEAD that timed out or was cut off
-    if isinstance(
-        exc, (GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError)
-    ):
-        return False
-    if isinstance(exc, HfHubHTTPError):
-        status = exc.response.status_code if exc.response is not None else None
-        return status is None or status >= 500 or status in (408, 429)
-    try:
-        import httpx2
-
-        if isinstance(exc, httpx2.TransportError):
-            return True
-    except ImportError:  # pragma: no cover - older huggingface_hub
-        pass
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    if isinstance(exc, OSError):
-        return exc.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS)
-    return type(exc).__module__.split(".")[0] in ("httpx", "httpcore", "requests", "urllib3")
-
-
-def with_retries(what: str, call: Callable[[], Any], progress: Progress | None = None) -> Any:
-    """Run `call`, retrying transient Hub failures after each of RETRY_DELAYS."""
-    delays = list(RETRY_DELAYS)
-    while True:
-        try:
-            return call()
-        except Exception as exc:
-            if not delays or not is_transient(exc):
-                raise
-            delay = delays.pop(0)
-            if progress is not None:
-                progress(f"  {what}: {_short(exc)}; retrying in {delay:g} s")
-            time.sleep(delay)
-
-
-def _short(exc: BaseException, width: int = 200) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-# --- downloads and scoring (the scorer issue's engine) ------------------------------------
-
-
-def weights_path(settings: Settings, repo_id: str) -> Path:
-    """Where the scorer downloads a Hub model: ATLAS_HOME/weights/models--<org>--<name>."""
-    from huggingface_hub.file_download import repo_folder_name
-
-    return settings.weights_dir / repo_folder_name(repo_id=repo_id, repo_type="model")
-
-
-def remove_weights(settings: Settings, repo_id: str) -> None:
-    """Delete a model's downloaded files (every revision of it)."""
-    shutil.rmtree(weights_path(settings, repo_id), ignore_errors=True)
-
-
-@contextmanager
-def quiet_hub_bars(quiet: bool) -> Iterator[None]:
-    """Hide huggingface_hub's download bars inside the block (atlas prints its own progress)."""
-    from huggingface_hub.utils import (
-        are_progress_bars_disabled,
-        disable_progress_bars,
-        enable_progress_bars,
-    )
-
-    was_disabled = are_progress_bars_disabled()
-    if quiet:
-        disable_progress_bars()
-    try:
-        yield
-    finally:
-        if quiet and not was_disabled:
-            enable_progress_bars()
+# --- scoring one model -------------------------------------------------------------------------
 
 
 def score_hub_model(
@@ -229,41 +152,16 @@ def score_hub_model(
 ) -> Any:
     """Download (safetensors and tokenizer files) and score one Hub model at its revision.
 
-    The scorer records `scoring`/`scored`/`failed` itself and resumes from stored pieces; a
-    download that fails transiently (5xx, timeouts, cut connections) is retried here as a whole,
-    after each of RETRY_DELAYS, on top of the scorer's own retries.
+    The scoring service records `scoring` / `scored` / `failed` and resumes from stored pieces;
+    Hub calls are retried once, inside the Hub client.
     """
-    from atlas.scoring import service as scoring
 
-    def attempt() -> Any:
-        return scoring.score_model(
-            store, model.repo_id, textset.name, revision=model.revision,
-            variants=options.variants, device=options.device or "auto",
-            dtype=options.dtype or "auto", progress=False, log=say,
-            weights_dir=settings.weights_dir,
-        )  # fmt: skip
-
-    delays = list(RETRY_DELAYS)
-    while True:
-        try:
-            # Each try counts once in `attempts`, whatever the retries before it in this run.
-            store.upsert_model(model.repo_id, attempts=model.attempts)
-            return attempt()
-        except ModelFailure as failure:
-            cause = failure.__cause__
-            retry = failure.reason == "download-error" and cause is not None and is_transient(cause)
-            if not (retry and delays):
-                raise
-            what = _short(failure, 160)
-        except AtlasError:
-            raise
-        except Exception as exc:
-            if not (delays and is_transient(exc)):
-                raise
-            what = _short(exc, 160)
-        delay = delays.pop(0)
-        say(f"  {what}; retrying in {delay:g} s")
-        time.sleep(delay)
+    return service.score_model(
+        store, model.repo_id, textset.name, revision=model.revision,
+        variants=options.variants, device=options.device or "auto",
+        dtype=options.dtype or "auto", log=say,
+        weights_dir=settings.weights_dir,
+    )  # fmt: skip
 
 
 # --- the queue ------------------------------------------------------------------------------
@@ -281,19 +179,10 @@ def pending(
 
     With `retry_failed`, also models that failed for a reason in RETRYABLE_REASONS.
     """
-    from sqlmodel import col, or_, select
-
-    wanted = col(HubModel.status).in_(("queued", "scoring", "scored"))
-    if retry_failed:
-        retryable = (HubModel.status == "failed") & col(HubModel.reason).in_(RETRYABLE_REASONS)
-        wanted = or_(wanted, retryable)
-    with store.session() as s:
-        rows = list(s.exec(select(HubModel).where(HubModel.source == "hub").where(wanted)))
-        have: dict[int, set[str]] = {}
-        for model_id, revision in s.exec(
-            select(Vector.model_id, Vector.revision).where(Vector.textset_id == textset.id)
-        ):
-            have.setdefault(model_id, set()).add(revision)
+    rows, have = queries.hub_models_to_score(
+        store, textset, statuses=("queued", "scoring", "scored"),
+        retry_reasons=RETRYABLE_REASONS if retry_failed else (),
+    )  # fmt: skip
     chosen = []
     for m in rows:
         revisions = have.get(m.id or -1, set())
@@ -338,42 +227,11 @@ def stop_on_signals(stop: threading.Event, say: Progress | None = None) -> Itera
 # --- sync runs ------------------------------------------------------------------------------
 
 
-def _start_run(store: Store, textset: str) -> int:
-    with store.session() as s:
-        for stale in s.exec(_running_runs()):
-            stale.status = "interrupted"
-            stale.finished_at = stale.finished_at or utcnow()
-            s.add(stale)
-        run = SyncRun(status="running", counts={"textset": textset})
-        s.add(run)
-        s.flush()
-        return int(run.id)  # type: ignore[arg-type]
-
-
-def _running_runs() -> Any:
-    from sqlmodel import select
-
-    return select(SyncRun).where(SyncRun.status == "running")
-
-
-def _finish_run(
-    store: Store, run_id: int, status: str, counts: dict[str, Any], errors: list[str]
-) -> None:
-    with store.session() as s:
-        run = s.get(SyncRun, run_id)
-        if run is None:
-            return
-        run.status, run.counts, run.errors = status, counts, errors[:200]
-        run.finished_at = utcnow()
-        s.add(run)
-
-
 # --- the run --------------------------------------------------------------------------------
 
 
 def resolve_textset(store: Store, name: str) -> TextSet:
     """The text set to score on; the packaged sample is imported on first use."""
-    from atlas import textsets
 
     if name == textsets.SAMPLE_NAME:
         return textsets.ensure_sample(store)
@@ -396,17 +254,18 @@ def sync(
     if options.dry_run:
         return _run(store, options, settings, stop, say, api, run_id=None)
     with store_lock(store, "sync", settings):
-        run_id = _start_run(store, options.textset)
+        run_id = queries.start_sync_run(store, options.textset)
         summary = SyncSummary(run_id=run_id, textset=options.textset)
         try:
             summary = _run(store, options, settings, stop, say, api, run_id=run_id)
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            _finish_run(store, run_id, status, summary.counts(), [_short(exc, 500)])
+            error = [client.short(exc, 500)]
+            queries.finish_sync_run(store, run_id, status, summary.counts(), error)
             raise
         errors = [f"{repo}: {reason}" for repo, reason in summary.failed.items()]
         status = "stopped" if summary.stopped else "ok"
-        _finish_run(store, run_id, status, summary.counts(), errors)
+        queries.finish_sync_run(store, run_id, status, summary.counts(), errors)
         return summary
 
 
@@ -422,7 +281,7 @@ def _run(
 ) -> SyncSummary:
     started = time.monotonic()
     textset = resolve_textset(store, options.textset)
-    api = api or discovery.make_api()
+    api = api or client.make_api()
     summary = SyncSummary(run_id=run_id, textset=textset.name, dry_run=options.dry_run)
     say(f"polling {api.endpoint} for new text-generation models")
     polled = discovery.poll(
@@ -462,9 +321,7 @@ def _run(
             say("stop requested: leaving the rest of the queue for the next sync")
             break
         say(f"[{i}/{len(queue)}] {model.repo_id}@{(model.revision or '?')[:12]}")
-        # Per model: loading a model through transformers turns the Hub's bars back on.
-        with quiet_hub_bars(True):
-            status, reason = _process(store, model, textset, options, settings, say)
+        status, reason = _process(store, model, textset, options, settings, say)
         if status == "scored":
             summary.scored.append(model.repo_id)
         else:
@@ -495,30 +352,21 @@ def _process(
         return "failed", "download-error"
     started = time.monotonic()
     try:
-        score_hub_model(store, model, textset, options, settings, say)
-    except ModelFailure as failure:
-        _record(store, repo, "failed", failure.reason, failure.detail)
-        say(f"  failed: {failure.reason} ({_short(failure, 160)})")
+        with client.quiet_bars():  # loading through transformers turns the Hub's bars back on
+            score_hub_model(store, model, textset, options, settings, say)
+    except ModelFailure as failure:  # recorded by the scoring service
+        say(f"  failed: {failure.reason} ({client.short(failure, 160)})")
         return "failed", failure.reason
     except AtlasError:
         raise
-    except Exception as exc:  # the run goes on; the model records what went wrong
-        _record(store, repo, "failed", "error", f"{type(exc).__name__}: {_short(exc, 1000)}")
-        say(f"  failed: error ({type(exc).__name__}: {_short(exc, 160)})")
+    except Exception as exc:  # recorded by the scoring service as `error`; the run goes on
+        say(f"  failed: error ({type(exc).__name__}: {client.short(exc, 160)})")
         return "failed", "error"
     finally:
         if not options.keep_weights:
-            remove_weights(settings, repo)
-    _record(store, repo, "scored", None, None, attempts=0)
+            client.remove_weights(settings.weights_dir, repo)
     say(f"  scored in {time.monotonic() - started:.1f} s")
     return "scored", None
-
-
-def _record(
-    store: Store, repo: str, status: str, reason: str | None, detail: str | None, **extra: Any
-) -> None:
-    store.upsert_model(repo, status=status, reason=reason,
-                       detail=None if detail is None else detail[:2000], **extra)  # fmt: skip
 
 
 # --- derived data ---------------------------------------------------------------------------
@@ -528,25 +376,16 @@ def refresh_derived(store: Store, settings: Settings, textset: TextSet, say: Pro
     """Refresh the text set's saved nearest-neighbour indexes and the stored map series."""
     refreshed: list[str] = []
     try:
-        from atlas.space import index
-
         if index.saved_keys(settings, textset):
             for key, done in index.refresh_indexes(store, settings, textset).items():
                 refreshed.append(f"index {key} ({done.action})")
-    except ImportError:  # the index issue's module is not installed
-        pass
     except Exception as exc:  # derived data can be rebuilt; never lose a sync over it
-        say(f"refreshing the index failed: {_short(exc)}")
+        say(f"refreshing the index failed: {client.short(exc)}")
     try:
-        from atlas.space import maps
-
-        if maps.snapshots(store):
-            for done in maps.refresh_all(store, settings, progress=say):
-                refreshed.append(f"map {done.snapshot.id} ({done.mode})")
-    except ImportError:
-        pass
+        for done in maps.refresh_all(store, settings, progress=say):
+            refreshed.append(f"map {done.snapshot.id} ({done.mode})")
     except Exception as exc:
-        say(f"refreshing the maps failed: {_short(exc)}")
+        say(f"refreshing the maps failed: {client.short(exc)}")
     for line in refreshed:
         say(f"refreshed {line}")
     return refreshed

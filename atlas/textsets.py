@@ -11,13 +11,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import select
-
 from atlas.errors import NotFound, TextSetError
-from atlas.store import Store
-from atlas.store.tables import TextItem, TextSet
-
-SAMPLE_NAME = "sample"
+from atlas.store import Store, queries
+from atlas.store.queries import SAMPLE_NAME
+from atlas.store.tables import TextSet
 
 
 @dataclass(frozen=True)
@@ -168,31 +165,15 @@ def import_items(
         raise TextSetError("a text set name must be 1-128 characters")
     kind = kind_of(items, name)
     digest = canonical_hash(kind, items)
-    with store.session() as s:
-        existing = s.exec(select(TextSet).where(TextSet.name == name)).first()
-        if existing is not None:
-            if existing.sha256 == digest:
-                return ImportResult(existing, created=False)
-            raise TextSetError(
-                f"text set {name!r} already exists with different content "
-                f"(stored {existing.sha256[:12]}, file {digest[:12]}); choose another --name"
-            )
-        textset = TextSet(name=name, kind=kind, sha256=digest, size=len(items), source=source)
-        s.add(textset)
-        s.flush()
-        s.add_all(
-            TextItem(
-                textset_id=textset.id,  # type: ignore[arg-type]
-                idx=i,
-                prompt=it.prompt,
-                response=it.response,
-                text=it.text,
-            )
-            for i, it in enumerate(items)
+    row = TextSet(name=name, kind=kind, sha256=digest, size=len(items), source=source)
+    fields = ({"prompt": it.prompt, "response": it.response, "text": it.text} for it in items)
+    textset, created = queries.insert_textset(store, row, fields)
+    if not created and textset.sha256 != digest:
+        raise TextSetError(
+            f"text set {name!r} already exists with different content "
+            f"(stored {textset.sha256[:12]}, file {digest[:12]}); choose another `name`"
         )
-        s.flush()
-        s.refresh(textset)
-    return ImportResult(textset, created=True)
+    return ImportResult(textset, created=created)
 
 
 def import_file(
@@ -211,10 +192,7 @@ def ensure_sample(store: Store) -> TextSet:
 def load_items(store: Store, name: str) -> tuple[TextSet, list[Item]]:
     """A stored text set and its items, in order."""
     textset = store.textset(name)
-    with store.session() as s:
-        rows = s.exec(
-            select(TextItem).where(TextItem.textset_id == textset.id).order_by(TextItem.idx)
-        ).all()
+    rows = queries.textset_items(store, textset)
     items = [Item(prompt=r.prompt, response=r.response, text=r.text) for r in rows]
     if len(items) != textset.size:
         raise NotFound(f"text set {name!r} is incomplete ({len(items)}/{textset.size} items)")

@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -42,11 +43,18 @@ def atlas_home(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def zoo_models(tmp_path_factory):
-    """The tiny real model zoo (atlas.testing.zoo), built once per test session."""
+def zoo_models():
+    """The tiny real model zoo (atlas.testing.zoo), built once and cached across runs.
+
+    The cache (ATLAS_TEST_CACHE, default the user cache dir) is keyed by the zoo's source and
+    the library versions, so a change to either builds it again.
+    """
+    import platformdirs
+
     from atlas.testing import zoo
 
-    return zoo.build_zoo_cached(tmp_path_factory.getbasetemp() / "zoo-cache")
+    root = os.environ.get("ATLAS_TEST_CACHE") or platformdirs.user_cache_dir("atlas-tests")
+    return zoo.build_zoo_cached(Path(root) / "zoo")
 
 
 @pytest.fixture(scope="session")

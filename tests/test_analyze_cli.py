@@ -63,12 +63,13 @@ def _raw(
     url: str, variant: str, kind: str = "conditional", *, clip: bool = True
 ) -> tuple[list[str], np.ndarray]:
     """Stored vectors straight from the store, clipped at their own 2% quantile by hand."""
+    from atlas.space import matrices
     from atlas.store import Store
 
     store = Store(url)
     try:
-        ts = store.textset(TEXTSET)
-        models, L = store.vector_matrix(textset_id=ts.id, variant=variant, kind=kind)
+        loaded = matrices.load(store, TEXTSET, variant, kind)
+        models, L = loaded.models, loaded.values
     finally:
         store.close()
     L = L.astype(np.float64)

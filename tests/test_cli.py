@@ -61,3 +61,17 @@ def test_console_script_end_to_end(tmp_path):
     assert r.returncode == 4 and "Traceback" not in r.stderr
     r = subprocess.run([*exe, "--help"], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and "textset" in r.stdout
+
+
+def test_the_cli_imports_no_heavy_backend() -> None:
+    """`atlas --help` stays fast: torch, transformers, faiss, openTSNE, matplotlib load lazily."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "transformers", "faiss", "openTSNE", "matplotlib", "sklearn")
+    code = (
+        "import sys, atlas.cli; "
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from _sync_hub import start_hub
 
-from atlas.hub import discovery
+from atlas.hub import client, discovery
 from atlas.hub.discovery import Candidate, Filters, decide, lineage, poll
 from atlas.testing.demo_hub import EXPECTED
 
@@ -117,7 +117,7 @@ def hub(tmp_path, zoo_models):
 
 
 def _api(hub, token=None):
-    return discovery.make_api(hub.endpoint, token)
+    return client.make_api(hub.endpoint, token)
 
 
 def test_every_skip_reason_is_earned_and_recorded(store, hub) -> None:
@@ -243,5 +243,5 @@ def test_gated_repo_needs_a_token_with_access(tmp_path, zoo_models, store) -> No
 def test_endpoint_and_token_are_read_at_call_time(monkeypatch) -> None:
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9/")
     monkeypatch.setenv("HF_TOKEN", "hf_from_env")
-    api = discovery.make_api()
+    api = client.make_api()
     assert api.endpoint == "http://127.0.0.1:9" and api.token == "hf_from_env"

@@ -16,6 +16,12 @@ from atlas.export import snapshot as export
 from atlas.space import vectors
 from atlas.store import Store
 
+
+@pytest.fixture
+def db_url(tmp_path) -> str:
+    """Backend-agnostic: SQLite only (the store, sync and queue tests cover Postgres)."""
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
 N_TEXTS = 30
 EVIL_NAME = "evil/<script>alert(1)</script>"
 EVIL_TYPE = "</script><img src=x onerror=alert(2)>"
@@ -129,9 +135,9 @@ def test_export_a_chosen_snapshot_and_errors(cli, tmp_path):
 
     with Atlas() as a:
         _fill(a.store, 8, seed=1)
-        first = a.refresh_map("pca")
+        first = a.refresh_map("pca").snapshot
         put_matrix(a.store, a.textsets()[0], ["fam0/late"], clustered(1, N_TEXTS, seed=5))
-        second = a.refresh_map("pca", full=True)
+        second = a.refresh_map("pca", full=True).snapshot
         assert second.id != first.id
         path = a.export(tmp_path / "first", first.id, neighbours=3)
     record = json.loads((path / "snapshot.json").read_text())

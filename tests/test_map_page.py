@@ -46,7 +46,7 @@ def exported(tmp_path):
                        model_type=EVIL_TYPE if i == 24 else ("llama", "qwen2", "gemma")[i % 3],
                        downloads=1000 * (25 - i), num_parameters=(i + 1) * 10**8,
                        base_models=[f"family{i % 3}/base"])  # fmt: skip
-        snap = a.refresh_map("tsne")
+        snap = a.refresh_map("tsne").snapshot
         out = a.export(tmp_path / "export", neighbours=10)
     return out, names, L, snap.clip_threshold
 

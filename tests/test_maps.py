@@ -11,6 +11,12 @@ from _vectorstore import clustered, make_textset, put_matrix
 from atlas.settings import Settings
 from atlas.space import maps, vectors
 
+
+@pytest.fixture
+def db_url(tmp_path) -> str:
+    """Backend-agnostic: SQLite only (the store, sync and queue tests cover Postgres)."""
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
 N_TEXTS = 40
 
 

@@ -10,9 +10,15 @@ from _vectorstore import clustered, make_textset, put_matrix, put_vector
 
 from atlas.api import Atlas
 from atlas.errors import NotFound, UsageError
-from atlas.space import vectors
+from atlas.space import matrices, vectors
 from atlas.space.neighbours import Placed, default_textset, place
-from atlas.store import Store, matrices
+from atlas.store import Store
+
+
+@pytest.fixture
+def db_url(tmp_path) -> str:
+    """Backend-agnostic: SQLite only (the store, sync and queue tests cover Postgres)."""
+    return f"sqlite:///{tmp_path / 'store.db'}"
 
 N = 64
 NAMES = [f"org-{i % 3}/model-{i:02d}" for i in range(18)]
@@ -161,15 +167,16 @@ def zoo_atlas(tmp_path, zoo_by_name):
             if (family, member) == ("qwen", "chat-b"):
                 continue  # kept out of the store: placed on the fly below
             name = f"atlas-zoo/{family}-{member}"
-            a.score(zoo_by_name[name].path, "pairs40", variants="base", name=name,
-                    progress=False)  # fmt: skip
+            a.score(zoo_by_name[name].path, "pairs40", variants="base", name=name)
     yield a
     a.close()
 
 
 def test_zoo_families_find_each_other_first(zoo_atlas, zoo_by_name, cli):
     a = zoo_atlas
-    models, raw = matrices.matrix_for(a.store, "pairs40")
+    loaded = matrices.load(a.store, "pairs40")
+    models = loaded.models
+    raw = loaded.values
     names = [m.repo_id for m in models]
     assert len(names) == 5
     xi, _ = vectors.prepare(raw)

@@ -19,6 +19,12 @@ from atlas.scoring.loading import local_revision  # noqa: E402
 from atlas.testing.hub import LocalHub, RepoSpec  # noqa: E402
 from atlas.textsets import Item, import_items, load_items, read_items, sample_path  # noqa: E402
 
+
+@pytest.fixture
+def db_url(tmp_path) -> str:
+    """Backend-agnostic: SQLite only (the store, sync and queue tests cover Postgres)."""
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
 ALL_PIECES = {
     ("base", "conditional"), ("cot", "conditional"), ("repeat", "conditional"),
     ("repeat+cot", "conditional"), ("base", "unconditional"),
@@ -91,7 +97,7 @@ def test_cli_scores_a_zoo_folder(cli, db_url, zoo_by_name, tmp_path):
 
 def test_resume_keeps_stored_pieces(atlas_db, zoo_by_name):
     path = zoo_by_name["atlas-zoo/llama-chat-a"].path
-    first = atlas_db.score(path, "mini", variants="base", progress=False)
+    first = atlas_db.score(path, "mini", variants="base")
     assert set(first.computed) == {("base", "conditional"), ("base", "unconditional")}
     textset = atlas_db.store.textset("mini")
     model = atlas_db.store.model("llama-chat-a")
@@ -100,7 +106,7 @@ def test_resume_keeps_stored_pieces(atlas_db, zoo_by_name):
         for v in atlas_db.store.vector_pieces(textset_id=textset.id, model_id=model.id)
     }
     seen: list[int] = []
-    second = atlas_db.score(path, "mini", progress=seen.append)
+    second = atlas_db.score(path, "mini", progress=lambda n, total: seen.append(n))
     assert set(second.reused) == set(before)
     assert set(second.computed) == ALL_PIECES - set(before)
     assert sum(seen) == 3 * textset.size  # only the three new pieces went through the model
@@ -111,7 +117,7 @@ def test_resume_keeps_stored_pieces(atlas_db, zoo_by_name):
     assert set(after) == ALL_PIECES
     for key, stamp in before.items():
         assert after[key] == stamp  # not rewritten
-    forced = atlas_db.score(path, "mini", variants=["base"], force=True, progress=False)
+    forced = atlas_db.score(path, "mini", variants=["base"], force=True)
     assert set(forced.computed) == set(before) and forced.reused == []
 
 
@@ -139,7 +145,7 @@ def test_a_failed_model_records_its_reason_and_stores_nothing(
     else:
         path = zoo_by_name[f"atlas-zoo/{name}"].path
     with pytest.raises(ModelFailure) as info:
-        atlas_db.score(path, "mini", progress=False)
+        atlas_db.score(path, "mini")
     assert info.value.reason == reason
     row = atlas_db.store.model(name)
     assert (row.status, row.reason) == ("failed", reason) and row.detail
@@ -152,7 +158,7 @@ def test_a_failure_after_some_pieces_removes_them(atlas_db, zoo_by_name):
     textset = atlas_db.store.textset("mini")
     done = {"items": 0}
 
-    def fail_in_the_second_piece(n: int) -> None:
+    def fail_in_the_second_piece(n: int, total: int) -> None:
         done["items"] += n
         if done["items"] > textset.size:  # the first piece is already stored by now
             model = atlas_db.store.model("qwen-chat-b")
@@ -169,10 +175,10 @@ def test_a_failure_after_some_pieces_removes_them(atlas_db, zoo_by_name):
 def test_plain_sets_give_one_unconditional_vector(atlas_db, zoo_by_name):
     import_items(atlas_db.store, "prose", [Item(text=t) for t in ("A cat sat.", "Rain fell.")])
     path = zoo_by_name["atlas-zoo/no-template"].path  # a base model without a template is fine
-    summary = atlas_db.score(path, "prose", progress=False, name="my/base")
+    summary = atlas_db.score(path, "prose", name="my/base")
     assert summary.computed == [("base", "unconditional")] and summary.model == "my/base"
     with pytest.raises(UsageError):
-        atlas_db.score(path, "prose", variants="cot", progress=False, name="my/base")
+        atlas_db.score(path, "prose", variants="cot", name="my/base")
 
 
 def test_bad_references_are_usage_errors(cli, tmp_path):
@@ -189,7 +195,7 @@ def test_scores_a_hub_model_by_repo_id(atlas_db, zoo_by_name, monkeypatch):
         # Transient server errors on the repo info and on the weights are retried.
         info_fault = hub.faults.add("/api/models/atlas-zoo/llama-chat-b*", 503)
         body_fault = hub.faults.add("*/resolve/*/model.safetensors", 500, method="GET")
-        summary = atlas_db.score("atlas-zoo/llama-chat-b", "mini", variants="base", progress=False)
+        summary = atlas_db.score("atlas-zoo/llama-chat-b", "mini", variants="base")
         sha = hub.sha("atlas-zoo/llama-chat-b")
         fetched = {r.path.rsplit("/", 1)[-1] for r in hub.requests_to("*/resolve/*", "GET")}
     assert info_fault.fired == 1 and body_fault.fired == 1
@@ -205,9 +211,9 @@ def test_scores_a_hub_model_by_repo_id(atlas_db, zoo_by_name, monkeypatch):
 
 
 def test_an_unreachable_hub_fails_the_model_with_download_error(cli, monkeypatch):
-    import atlas.scoring.loading
+    from atlas.hub import client
 
-    monkeypatch.setattr(atlas.loading.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(client, "RETRY_DELAYS", (0.0, 0.0))
     with LocalHub() as down:  # started, then stopped: nothing listens on its port
         endpoint = down.endpoint
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
@@ -225,9 +231,9 @@ def test_a_hub_repo_without_safetensors_is_refused(atlas_db, zoo_by_name, tmp_pa
     with LocalHub([RepoSpec("someone/pickled", folder)]) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         with pytest.raises(ModelFailure) as info:
-            atlas_db.score("someone/pickled", "mini", progress=False)
+            atlas_db.score("someone/pickled", "mini")
         with pytest.raises(ModelFailure) as missing:
-            atlas_db.score("someone/absent", "mini", progress=False)
+            atlas_db.score("someone/absent", "mini")
         downloads = hub.requests_to("*/resolve/*")
     assert info.value.reason == "no-safetensors" and downloads == []
     assert atlas_db.store.model("someone/pickled").reason == "no-safetensors"

@@ -8,7 +8,7 @@ from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 
 from atlas.errors import StoreUnavailable
-from atlas.store import Store
+from atlas.store import Store, queries
 from atlas.store.db import alembic_config
 from atlas.store.tables import HubModel, TextSet, Vector
 
@@ -95,10 +95,8 @@ def test_put_vectors_is_atomic_and_replaces(store):
         store.put_vectors([_vector(m.id, t.id, [7, 8], variant="cot"),
                            _vector(m.id, t.id, [9, 9], variant="bogus")])
     assert len(store.vector_pieces(textset_id=t.id)) == 2
-    models, matrix = store.vector_matrix(textset_id=t.id, variant="base", kind="conditional")
-    assert [mm.repo_id for mm in models] == ["org/a"]
-    np.testing.assert_array_equal(matrix, [[5.0, 6.0]])
-    assert matrix.dtype == np.float32
+    chosen = queries.chosen_pieces(store, t, "base", "conditional")
+    assert [(m.repo_id, tuple(v.array())) for v, m in chosen.values()] == [("org/a", (5.0, 6.0))]
     assert store.high_water_mark()[0] == 2
 
 

@@ -118,11 +118,11 @@ def test_pmi_is_conditional_minus_unconditional():
 # --- matrices assembled from a real store (SQLite and Postgres) ---------------------------------
 
 
-def test_matrix_for_assembles_kinds_and_pmi(store):
+def test_load_assembles_kinds_and_pmi(store):
     from _vectorstore import make_textset, put_matrix, put_vector
 
     from atlas.errors import UsageError
-    from atlas.store import matrices
+    from atlas.space import matrices
 
     ts = make_textset(store, 4)
     put_matrix(store, ts, ["a/x", "b/y", "c/z"], L, tokens=np.array([2, 4, 6, 8]))
@@ -131,16 +131,22 @@ def test_matrix_for_assembles_kinds_and_pmi(store):
     put_matrix(store, ts, ["b/y", "a/x"], uncond[[1, 0]], kind="unconditional")
     put_vector(store, ts, "b/y", L[1] + 100, variant="cot")
 
-    models, cond = matrices.matrix_for(store, ts, "base", "conditional")
+    loaded = matrices.load(store, ts, "base", "conditional")
+    models = loaded.models
+    cond = loaded.values
     assert [m.repo_id for m in models] == ["a/x", "b/y", "c/z"]
     np.testing.assert_array_equal(cond, L)
     assert cond.dtype == np.float64
 
-    models, un = matrices.matrix_for(store, "synth", "cot", "unconditional")  # stored under base
+    loaded = matrices.load(store, "synth", "cot", "unconditional")  # stored under base
+    models = loaded.models
+    un = loaded.values
     assert [m.repo_id for m in models] == ["a/x", "b/y"]
     np.testing.assert_array_equal(un, uncond[:2])
 
-    models, p = matrices.matrix_for(store, ts, "base", "pmi")
+    loaded = matrices.load(store, ts, "base", "pmi")
+    models = loaded.models
+    p = loaded.values
     assert [m.repo_id for m in models] == ["a/x", "b/y"]
     np.testing.assert_allclose(p, 1.5)
 
@@ -161,26 +167,29 @@ def test_matrix_for_assembles_kinds_and_pmi(store):
     assert only.model_ids == [models[1].id]
     assert matrices.load(store, ts, "repeat").values.shape == (0, 4)
     with pytest.raises(UsageError):
-        matrices.matrix_for(store, ts, "base", "bogus")
+        matrices.load(store, ts, "base", "bogus")
     with pytest.raises(UsageError):
-        matrices.matrix_for(store, ts, "nope", "conditional")
+        matrices.load(store, ts, "nope", "conditional")
 
 
 def test_matrix_prefers_the_current_revision(store):
     from _vectorstore import make_textset, put_vector
 
-    from atlas.store import matrices
+    from atlas.space import matrices
 
     ts = make_textset(store, 4)
     put_vector(store, ts, "a/x", L[0], revision="old")
     put_vector(store, ts, "a/x", L[1], revision="new")
-    _, values = matrices.matrix_for(store, ts)
+    loaded = matrices.load(store, ts)
+    values = loaded.values
     np.testing.assert_array_equal(values, L[[1]])
     store.upsert_model("a/x", revision="old")
-    _, values = matrices.matrix_for(store, ts)
+    loaded = matrices.load(store, ts)
+    values = loaded.values
     np.testing.assert_array_equal(values, L[[0]])
     store.upsert_model("a/x", revision="neither")  # no piece for it: the newest one
-    _, values = matrices.matrix_for(store, ts)
+    loaded = matrices.load(store, ts)
+    values = loaded.values
     np.testing.assert_array_equal(values, L[[1]])
 
 

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from atlas.errors import NotFound
+from atlas.space import matrices, vectors
+from atlas.store import queries
 
 if TYPE_CHECKING:
     from atlas.store import Store
@@ -87,28 +89,10 @@ def plain(value: Any) -> Any:
 
 # --- loading clipped matrices for the analyses ------------------------------------------------
 def pick_textset(store: Store, name: str | None = None) -> str:
-    """`name` when given (it must exist), else `sample` when it holds vectors, else the text
-    set with the most scored models (the default of `atlas nearest` too)."""
+    """`name` when given (it must exist), else the store's default text set."""
     if name:
         return store.textset(name).name
-    from sqlalchemy import func
-    from sqlmodel import select
-
-    from atlas.store.tables import TextSet, Vector
-
-    query = (
-        select(TextSet.name, func.count(func.distinct(Vector.model_id)))
-        .join(Vector, Vector.textset_id == TextSet.id)
-        .where(Vector.variant == "base")
-        .group_by(TextSet.name)
-    )
-    with store.session() as s:
-        counts = sorted(s.exec(query).all(), key=lambda row: (-row[1], row[0]))
-    if not counts:
-        raise NotFound("no model has been scored yet", hint="score models with `atlas score`")
-    if any(name == "sample" for name, _ in counts):
-        return "sample"
-    return str(counts[0][0])
+    return queries.default_textset(store, "base", "conditional").name
 
 
 def load_clipped(
@@ -122,8 +106,6 @@ def load_clipped(
     Each matrix is clipped at the 2% quantile of all stored models' values for its key (the
     atlas's threshold), then restricted to `models` (repo ids, in that order) when given.
     """
-    from atlas.space import vectors
-    from atlas.store import matrices
 
     loaded = [matrices.load(store, textset, variant, kind) for variant, kind in keys]
     by_id = [{m.id: i for i, m in enumerate(mat.models)} for mat in loaded]

@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from atlas import textsets
+from atlas.analyses import plots
 from atlas.analyses.common import bootstrap_ci, pearson, plain, spearman
+from atlas.errors import ModelFailure, UsageError
+from atlas.scoring import loading
+from atlas.scoring.engine import score_items
+from atlas.scoring.templates import has_chat_template
+from atlas.space import matrices, vectors
+from atlas.textsets import Item
 
 if TYPE_CHECKING:
     from atlas.store import Store
@@ -58,7 +66,6 @@ def upper_pairs(matrix: np.ndarray) -> np.ndarray:
 
 def vector_kl(cond: np.ndarray) -> np.ndarray:
     """The vector estimate `||ξ_i − ξ_j||² / (2N)` from clipped conditional vectors."""
-    from atlas.space import vectors
 
     return vectors.kl_matrix(vectors.center(cond))
 
@@ -197,8 +204,6 @@ def generate(
     """
     import torch
 
-    from atlas.errors import ModelFailure
-    from atlas.scoring.templates import has_chat_template
 
     model, tok = loaded.model, loaded.tokenizer
     if not has_chat_template(tok):
@@ -271,12 +276,6 @@ def validate_kl(
     """
     import time
 
-    from atlas import textsets
-    from atlas.errors import UsageError
-    from atlas.scoring import loading
-    from atlas.scoring.engine import score_items
-    from atlas.store import matrices
-    from atlas.textsets import Item
 
     say = log or (lambda _msg: None)
     started = time.perf_counter()
@@ -284,7 +283,7 @@ def validate_kl(
     if len(refs) < 3:
         raise UsageError("validate-kl needs at least three models (correlations over pairs)")
     if samples < 1 or max_new_tokens < 1:
-        raise UsageError("--samples and --max-new-tokens must be positive")
+        raise UsageError("`samples` and `max_new_tokens` must be positive")
     ts, items = textsets.load_items(store, textset)
     if ts.kind != "pairs":
         raise UsageError(f"text set {textset!r} is plain; validate-kl needs prompts")
@@ -343,7 +342,6 @@ def validate_kl(
         _free()
     source = {n: ("store" if n in {mm.repo_id for mm in stored.models} else "computed")
               for n in names}
-    from atlas.space import vectors
 
     L = np.stack([rows[n] for n in names])
     vector = vector_kl(vectors.clip(L, vectors.clip_threshold(L)))
@@ -372,7 +370,6 @@ def _free() -> None:
 
 def plot(result: ValidationResult, path: Any) -> Any:
     """Scatter of symmetrised Monte Carlo KL against the vector estimate, one point per pair."""
-    from atlas.analyses import plots
 
     c = result.comparison
     pairs = result.pairs()

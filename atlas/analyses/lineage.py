@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from atlas.analyses import plots
 from atlas.analyses.common import load_clipped, plain
+from atlas.space import vectors
 
 if TYPE_CHECKING:
     from atlas.store import Store
@@ -152,7 +154,6 @@ def analyze(
     ks: Sequence[int] = KS,
 ) -> LineageResult:
     """Lineage precision over the models with vectors on `textset` (or only `models`)."""
-    from atlas.space import vectors
 
     kind = "unconditional" if store.textset(textset).kind == "plain" else "conditional"
     rows, (L,) = load_clipped(store, textset, [(variant, kind)], models)
@@ -164,7 +165,6 @@ def analyze(
 
 def plot(result: LineageResult, path: Path | str) -> Path:
     """Per fine-tuned model: KL to its base vs KL to the nearest model outside its family."""
-    from atlas.analyses import plots
 
     rows = result.rows
     note = ", ".join(f"P@{k} {v:.2f}" for k, v in result.precision.items())

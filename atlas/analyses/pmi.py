@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from atlas.analyses import plots
 from atlas.analyses.common import correlations, load_clipped, plain
+from atlas.errors import NotFound
 from atlas.space import vectors
 
 if TYPE_CHECKING:
@@ -128,7 +130,6 @@ def analyze(
 
     `table_textsets` None means every stored prompt-response text set.
     """
-    from atlas.errors import NotFound
 
     def matrices(name: str, wanted: list[str] | None) -> PMIResult | None:
         keys = [(variant, "conditional"), ("base", "unconditional")]
@@ -159,7 +160,6 @@ def analyze(
 
 def plot(result: PMIResult, path: Path | str) -> Path:
     """Scatter of the MI estimate (mean PMI) against half the variance of the centred PMI."""
-    from atlas.analyses import plots
 
     return plots.scatter(
         path,

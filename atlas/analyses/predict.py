@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from atlas.analyses import plots
 from atlas.analyses.common import correlations, load_clipped, plain
 from atlas.errors import UsageError
+from atlas.space import vectors
 
 if TYPE_CHECKING:
     from atlas.store import Store
@@ -287,7 +289,6 @@ def predict_matrices(
     alphas: Sequence[float] = ALPHAS,
 ) -> PredictResult:
     """Evaluate and apply ridge prediction given a clipped models x texts matrix."""
-    from atlas.space import vectors
 
     Q = vectors.double_center(L)
     mean_ll = np.asarray(L, dtype=np.float64).mean(axis=1, keepdims=True)
@@ -349,7 +350,6 @@ def predict(
 
 def plot(result: PredictResult, path: Path | str) -> Path:
     """Out-of-fold predictions against the true scores (group k-fold, else random k-fold)."""
-    from atlas.analyses import plots
 
     scheme = "group" if "group" in result.ridge else "random"
     ev = result.ridge.get(scheme)

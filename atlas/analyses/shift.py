@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from atlas.analyses import plots
 from atlas.analyses.common import load_clipped, pearson, plain
+from atlas.errors import NotFound
 from atlas.space import vectors
 
 if TYPE_CHECKING:
@@ -195,7 +197,6 @@ def analyze_matrices(
 # --- the store ---------------------------------------------------------------------------------
 def analyze(store: Store, textset: str, *, models: list[str] | None = None) -> ShiftResult:
     """Prompt-shift analysis of the models that have all four variants on `textset`."""
-    from atlas.errors import NotFound
 
     keys = [(v, "conditional") for v in ("base", *SHIFTED)]
     rows, (base, cot, repeat, both) = load_clipped(store, textset, keys, models)
@@ -210,7 +211,6 @@ def analyze(store: Store, textset: str, *, models: list[str] | None = None) -> S
 
 def plot(result: ShiftResult, path: Path | str) -> Path:
     """Base points with lines to their shifted versions, in the span of the mean shifts."""
-    from atlas.analyses import plots
 
     base, shifted, ratio = result.coords or projection(np.zeros((0, 0)), {})
     s = result.summary()

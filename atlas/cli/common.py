@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from atlas.errors import AtlasError
 
@@ -65,6 +69,50 @@ def human_count(n: int | None) -> str:
     return str(n)
 
 
+class _Bar:
+    """A rich progress bar on stderr, started on the first `(advance, total)` report."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self._bar: Any = None
+
+    def __call__(self, advance: int, total: int) -> None:
+        if self._bar is None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
+            )  # fmt: skip
+            self._bar.add_task(escape(self.description), total=total)
+            self._bar.start()
+        self._bar.advance(0, advance)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+@contextmanager
+def progress_bar(description: str, *, quiet: bool = False) -> Iterator[_Bar | None]:
+    """A `(advance, total)` progress callback drawing a bar on stderr (None when quiet)."""
+    if quiet:
+        yield None
+        return
+    bar = _Bar(description)
+    try:
+        yield bar
+    finally:
+        bar.stop()
+
+
 def print_json(data: Any) -> None:
     """Data for scripts, on stdout."""
     sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
@@ -72,6 +120,29 @@ def print_json(data: Any) -> None:
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
+
+
+def _option_flags(app: typer.Typer) -> dict[str, str]:
+    """Parameter name -> its command-line flag (`max_tokens` -> `--max-tokens`), every command."""
+    import click
+
+    flags: dict[str, str] = {}
+    stack = [typer.main.get_command(app)]
+    while stack:
+        command = stack.pop()
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name:
+                longest = max(param.opts, key=len)
+                flags.setdefault(param.name, longest)
+        if isinstance(command, click.Group):
+            stack.extend(command.commands.values())
+    return flags
+
+
+def with_flags(app: typer.Typer, text: str) -> str:
+    """A library message as the CLI says it: backticked parameter names become flags."""
+    flags = _option_flags(app)
+    return re.sub(r"`([a-z_]+)`", lambda m: flags.get(m.group(1), m.group(0)), text)
 
 
 def run(app: typer.Typer, args: list[str] | None = None) -> int:
@@ -82,9 +153,10 @@ def run(app: typer.Typer, args: list[str] | None = None) -> int:
     except AtlasError as exc:
         if debug:
             raise
-        err_console.print(f"[red]error:[/red] {_one_line(str(exc))}", markup=True)
+        message = _one_line(with_flags(app, str(exc)))
+        err_console.print(f"[red]error:[/red] {escape(message)}", markup=True)
         if exc.hint:
-            err_console.print(f"hint: {_one_line(exc.hint)}")
+            err_console.print(f"hint: {_one_line(with_flags(app, exc.hint))}", markup=False)
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code

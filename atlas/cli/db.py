@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from atlas.api import Atlas
 from atlas.cli.common import ctx_obj, out_console
 from atlas.settings import redact_url
 
@@ -15,19 +16,13 @@ def register(app: typer.Typer) -> None:
     @group.command("upgrade")
     def upgrade(ctx: typer.Context) -> None:
         """Migrate the database to the newest schema (commands also do this on first use)."""
-        from atlas.store import Store
-
         obj = ctx_obj(ctx)
-        from atlas.settings import Settings
-
-        url = Settings.from_env(database_url=obj.db_url).url
-        store = Store(url, migrate=False)
-        ran = store.ensure_schema()
-        obj.info(f"{'migrated' if ran else 'already at'} revision {store.current_revision()}")
-        store.close()
+        ran = Atlas.upgrade_db(obj.db_url)
+        revision = obj.atlas().schema_revision()
+        obj.info(f"{'migrated' if ran else 'already at'} revision {revision}")
 
     @group.command("current")
     def current(ctx: typer.Context) -> None:
         """Print the database URL (password hidden) and its schema revision."""
         atlas = ctx_obj(ctx).atlas()
-        out_console.print(f"{redact_url(atlas.store.url)} {atlas.store.current_revision()}")
+        out_console.print(f"{redact_url(atlas.store.url)} {atlas.schema_revision()}", markup=False)

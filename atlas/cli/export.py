@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from atlas.cli.common import ctx_obj
+from atlas.export.snapshot import FILES
 
 
 def register(app: typer.Typer) -> None:
@@ -22,7 +23,6 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Export a map snapshot: snapshot.json, models.csv, loglik.npz, map.png, map.html."""
-        from atlas.export.snapshot import FILES
 
         obj = ctx_obj(ctx)
         out = obj.atlas().export(directory, snapshot, neighbours=neighbours)

@@ -30,14 +30,10 @@ def register(app: typer.Typer) -> None:
         json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Store a new map snapshot: place new models into the last map, or refit it."""
-        from atlas.space import maps
-
         obj = ctx_obj(ctx)
-        a = obj.atlas()
-        done = maps.refresh(
-            a.store, a.settings, method=method, textset=textset, variant=variant, kind=kind,
-            full=full, progress=obj.info,
-        )  # fmt: skip
+        done = obj.atlas().refresh_map(
+            method, textset=textset, variant=variant, kind=kind, full=full, progress=obj.info
+        )
         snap = done.snapshot
         if done.note:
             obj.info(f"note: {done.note}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from atlas.cli.common import ctx_obj, print_json
+from atlas.cli.common import ctx_obj, print_json, progress_bar
 
 
 def register(app: typer.Typer) -> None:
@@ -43,12 +43,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Score MODEL on a text set: conditional vectors per variant and the unconditional one."""
         obj = ctx_obj(ctx)
-        summary = obj.atlas().score(
-            model, textset, variants=variants, device=device, dtype=dtype,
-            max_tokens=max_tokens, name=name, revision=revision,
-            trust_remote_code=trust_remote_code, batch_tokens=batch_tokens, force=force,
-            progress=not obj.quiet, log=obj.info,
-        )  # fmt: skip
+        with progress_bar(f"scoring {model}", quiet=obj.quiet) as bar:
+            summary = obj.atlas().score(
+                model, textset, variants=variants, device=device, dtype=dtype,
+                max_tokens=max_tokens, name=name, revision=revision,
+                trust_remote_code=trust_remote_code, batch_tokens=batch_tokens, force=force,
+                progress=bar, log=obj.info,
+            )  # fmt: skip
         if json:
             print_json(summary.as_dict())
         obj.info(summary.line())

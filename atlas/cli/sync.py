@@ -9,7 +9,10 @@ import typer
 
 from atlas.cli.common import ctx_obj, out_console, print_json
 from atlas.errors import UsageError
-from atlas.hub.discovery import DEFAULT_MAX_PARAMS, DEFAULT_MIN_DOWNLOADS
+from atlas.hub.discovery import DEFAULT_MAX_PARAMS, DEFAULT_MIN_DOWNLOADS, Filters
+from atlas.schedule import run_schedule
+from atlas.store.tables import VARIANTS
+from atlas.sync import SyncOptions, stop_on_signals, summary_rows
 
 if TYPE_CHECKING:
     from atlas.sync import SyncSummary
@@ -53,7 +56,6 @@ def _parse_count(text: str | None) -> int | None:
 
 
 def _variants(text: str | None) -> tuple[str, ...] | None:
-    from atlas.store.tables import VARIANTS
 
     if not text:
         return None
@@ -103,8 +105,6 @@ def register(app: typer.Typer) -> None:
         json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Poll the Hub, score new models, refresh the index and maps; safe to run from cron."""
-        from atlas.hub.discovery import Filters
-        from atlas.sync import SyncOptions, stop_on_signals
 
         obj = ctx_obj(ctx)
         options = SyncOptions(
@@ -151,9 +151,6 @@ def register(app: typer.Typer) -> None:
         keep_weights: bool = _KEEP_WEIGHTS,
     ) -> None:
         """Run sync on a cron schedule in the foreground; SIGTERM stops after the current model."""
-        from atlas.hub.discovery import Filters
-        from atlas.schedule import run_schedule
-        from atlas.sync import SyncOptions
 
         obj = ctx_obj(ctx)
         filters = Filters(
@@ -176,7 +173,6 @@ def register(app: typer.Typer) -> None:
 def _render(summary: SyncSummary) -> None:
     from rich.table import Table
 
-    from atlas.sync import summary_rows
 
     table = Table("", "", show_header=False, box=None)
     for label, value in summary_rows(summary):

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlmodel import col, select
 
+from atlas.analyses.report import write_analyses  # pmi, shift, lineage: JSON + PNG each
 from atlas.errors import UsageError
-from atlas.space import maps, vectors
-from atlas.store import Store, matrices
-from atlas.store.tables import HubModel, MapPoint, MapSnapshot, TextSet, Vector
+from atlas.export.page import render_map
+from atlas.space import maps, matrices, vectors
+from atlas.store import Store, queries
+from atlas.store.tables import HubModel, MapPoint, MapSnapshot, TextSet
 
 FORMAT = "atlas-map-snapshot/1"
 FILES = ("snapshot.json", "models.csv", "loglik.npz", "map.png", "map.html", "analyses")
@@ -93,9 +94,7 @@ def top_neighbours(Xi: np.ndarray, k: int, block: int = 512) -> list[list[tuple[
 
 def _revisions(store: Store, stamps: dict[int, tuple[int, ...]], ids: list[int]) -> list:
     first = {mid: s[0] for mid, s in stamps.items() if s}
-    query = select(Vector.id, Vector.revision).where(col(Vector.id).in_(list(first.values())))
-    with store.session() as s:
-        rows = dict(s.exec(query).all())
+    rows = queries.piece_revisions(store, first.values())
     return [rows.get(first[mid]) if mid in first else None for mid in ids]
 
 
@@ -104,10 +103,9 @@ def gather(
 ) -> SnapshotData:
     """The snapshot (newest when None), its models, raw vectors and KL neighbours."""
     if neighbours < 0:
-        raise UsageError("--neighbours must be zero or more")
+        raise UsageError("`neighbours` must be zero or more")
     snap = maps.get_snapshot(store, snapshot_id)
-    with store.session() as s:
-        ts = s.get(TextSet, snap.textset_id)
+    ts = queries.textset_by_id(store, snap.textset_id)
     pairs = maps.snapshot_points(store, snap.id)  # type: ignore[arg-type]
     points = [p for p, _ in pairs]
     models = [m for _, m in pairs]
@@ -335,7 +333,6 @@ def page_data(data: SnapshotData) -> dict[str, Any]:
 
 def write_html(path: Path, data: SnapshotData) -> None:
     """map.html: the self-contained interactive page."""
-    from atlas.export.page import render_map
 
     path.write_text(render_map(page_data(data), _title(data)), encoding="utf-8")
 
@@ -361,7 +358,6 @@ def export(
     write_npz(out / "loglik.npz", data)
     write_png(out / "map.png", data)
     write_html(out / "map.html", data)
-    from atlas.analyses.report import write_analyses  # pmi, shift, lineage: JSON + PNG each
 
     write_analyses(store, data.textset.name, out / "analyses")
     return out

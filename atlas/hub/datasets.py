@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from atlas.errors import AtlasError, HubError, TextSetError, UsageError
+from atlas.errors import AtlasError, HubError, NotFound, TextSetError, UsageError
+from atlas.hub import client
 from atlas.settings import Settings
 from atlas.store import Store
 from atlas.textsets import ImportResult, Item, import_items
@@ -165,11 +166,8 @@ def dataset_files(api: Any, dataset: str, revision: str | None, split: str | Non
     """Resolve the dataset's revision to a commit and choose its data files."""
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-    from atlas.errors import NotFound
-    from atlas.sync import with_retries
-
     try:
-        info = with_retries(
+        info = client.with_retries(
             f"{dataset}: dataset info",
             lambda: api.dataset_info(dataset, revision=revision, files_metadata=False),
         )
@@ -199,20 +197,17 @@ def build_textset(
     """Download a Hub dataset's data files and store N sampled pairs as a text set."""
     from huggingface_hub import snapshot_download
 
-    from atlas.hub import discovery
-    from atlas.sync import quiet_hub_bars, with_retries
-
     if n < 1:
-        raise UsageError("--n must be at least 1")
+        raise UsageError("`n` must be at least 1")
     settings = settings or Settings.from_env()
     say = progress or (lambda _m: None)
-    api = api or discovery.make_api()
+    api = api or client.make_api()
     try:
         chosen = dataset_files(api, dataset, revision, split)
         dest = settings.home / "datasets" / dataset / chosen.revision
         say(f"downloading {len(chosen.files)} data file(s) of {dataset}@{chosen.revision[:12]}")
-        with quiet_hub_bars(True):
-            with_retries(
+        with client.quiet_bars():
+            client.with_retries(
                 f"{dataset}: download",
                 lambda: snapshot_download(
                     dataset,
@@ -222,7 +217,7 @@ def build_textset(
                     local_dir=dest,
                     endpoint=api.endpoint,
                     token=api.token,
-                    etag_timeout=discovery.hub_timeout(),
+                    etag_timeout=client.timeout(),
                 ),
                 say,
             )

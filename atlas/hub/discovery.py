@@ -9,7 +9,6 @@ a poll completes, so an interrupted poll is simply redone.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -18,7 +17,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from atlas.errors import AtlasError, HubError
-from atlas.store import Store
+from atlas.hub import client
+from atlas.store import Store, queries
 
 STATE_KEY = "hub"
 PIPELINE_TAG = "text-generation"
@@ -232,42 +232,7 @@ def decide(
     return Decision("queued")
 
 
-# --- the Hub client ---------------------------------------------------------------------------
-
-
-def hub_endpoint() -> str:
-    """The Hub to talk to: `HF_ENDPOINT` now, else what huggingface_hub read at import."""
-    from huggingface_hub import constants
-
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-
-
-def hub_token() -> str | None:
-    """The user's token (HF_TOKEN or the stored login); never logged, printed or stored."""
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    if token:
-        return token
-    from huggingface_hub import get_token
-
-    return get_token()
-
-
-def hub_timeout() -> float:
-    """Seconds to wait for a Hub API answer (HF_HUB_ETAG_TIMEOUT, read at call time)."""
-    from huggingface_hub import constants
-
-    value = os.environ.get("HF_HUB_ETAG_TIMEOUT")
-    try:
-        return float(value) if value else float(constants.HF_HUB_ETAG_TIMEOUT)
-    except ValueError:
-        return float(constants.HF_HUB_ETAG_TIMEOUT)
-
-
-def make_api(endpoint: str | None = None, token: str | None = None) -> Any:
-    """An `HfApi` with the endpoint passed explicitly (HF_ENDPOINT is read at import time)."""
-    from huggingface_hub import HfApi
-
-    return HfApi(endpoint=endpoint or hub_endpoint(), token=token or hub_token() or False)
+# --- gated access ---------------------------------------------------------------------------
 
 
 def token_has_access(api: Any, c: Candidate) -> bool:
@@ -279,7 +244,7 @@ def token_has_access(api: Any, c: Candidate) -> bool:
 
     url = hf_hub_url(c.repo_id, "config.json", revision=c.sha, endpoint=api.endpoint)
     try:
-        get_hf_file_metadata(url, token=api.token, timeout=hub_timeout())
+        get_hf_file_metadata(url, token=api.token, timeout=client.timeout())
     except (GatedRepoError, RepositoryNotFoundError):
         return False
     except HfHubHTTPError as exc:
@@ -336,13 +301,8 @@ class _Known:
 
 
 def _known_models(store: Store) -> dict[str, _Known]:
-    from sqlmodel import select
-
-    from atlas.store.tables import HubModel
-
-    with store.session() as s:
-        rows = s.exec(select(HubModel.repo_id, HubModel.revision, HubModel.status)).all()
-    return {repo: _Known(rev, status) for repo, rev, status in rows}
+    known = queries.known_models(store)
+    return {repo: _Known(rev, status) for repo, (rev, status) in known.items()}
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -391,7 +351,7 @@ def poll(
 
     def flush() -> None:
         if pending and not dry_run:
-            record_models(store, pending)
+            queries.record_models(store, pending)
         pending.clear()
 
     def walk(sort: str, key: str) -> bool:
@@ -428,7 +388,7 @@ def poll(
         raise
     except Exception as exc:
         flush()  # what was decided stays decided; the watermark does not move
-        raise HubError(f"listing models on {endpoint} failed: {_short(exc)}") from exc
+        raise HubError(f"listing models on {endpoint} failed: {client.short(exc, 300)}") from exc
     flush()
     result.complete = complete
     if complete and not dry_run and newest.get("created_at") and newest.get("last_modified"):
@@ -443,11 +403,6 @@ def poll(
             },
         )
     return result
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:299] + "…"
 
 
 def _visit(
@@ -481,23 +436,3 @@ def _visit(
             "detail": decision.detail}  # fmt: skip
 
 
-def record_models(store: Store, updates: dict[str, dict[str, Any]]) -> None:
-    """Insert or update many model rows (repo id -> fields) in one transaction."""
-    from sqlmodel import col, select
-
-    from atlas.store.tables import HubModel, utcnow
-
-    with store.session() as s:
-        repos = list(updates)
-        existing = {
-            m.repo_id: m for m in s.exec(select(HubModel).where(col(HubModel.repo_id).in_(repos)))
-        }
-        now = utcnow()
-        for repo, fields in updates.items():
-            row = existing.get(repo)
-            if row is None:
-                row = HubModel(repo_id=repo, author=repo.split("/")[0] if "/" in repo else None)
-            for key, value in fields.items():
-                setattr(row, key, value)
-            row.updated_at = now
-            s.add(row)

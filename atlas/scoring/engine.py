@@ -10,7 +10,6 @@ budget is halved and the batch retried. Non-finite values fail the model (`non-f
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -166,7 +165,7 @@ class Scorer:
         self.device = model_device(model)
         self.batch_tokens = int(batch_tokens or default_batch_tokens(model))
         if self.batch_tokens < 1:
-            raise UsageError("--batch-tokens must be positive")
+            raise UsageError("`batch_tokens` must be positive")
         cuda = self.device.type == "cuda"
         # On CPU, chunks of ~128 rows at a 32k vocabulary stay cache-friendly (measured fastest).
         self.head_chunk_bytes = head_chunk_bytes or (2 << 30 if cuda else 48 << 20)
@@ -401,13 +400,3 @@ def score_naive(
             out[i] = float(logp[positions, ids[0, r.start :]].sum())
     return out
 
-
-def tokens_of(requests: Sequence[Request]) -> int:
-    """Tokens a set of requests feeds through the model."""
-    return sum(len(r.ids) for r in requests)
-
-
-def nats_per_token(values: np.ndarray, counts: np.ndarray) -> float:
-    """Mean log-likelihood per scored token (a quick sanity figure for summaries)."""
-    total = int(counts.sum())
-    return float(values.sum() / total) if total else math.nan

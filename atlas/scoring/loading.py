@@ -11,26 +11,17 @@ import fnmatch
 import hashlib
 import importlib.util
 import json
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from atlas.errors import ModelFailure, UsageError
+from atlas.hub import client
+from atlas.scoring.engine import _is_oom as is_oom
+from atlas.scoring.templates import has_chat_template
 
-# Root-level files a scorer needs: weights (safetensors only), configs, tokenizer, templates.
-ALLOW_PATTERNS = (
-    "*.safetensors",
-    "*.json",
-    "*.jinja",
-    "*.model",
-    "*.txt",
-    "*.tiktoken",
-)
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -59,7 +50,7 @@ class LoadedModel:
 
 
 def _wanted(name: str) -> bool:
-    return "/" not in name and any(fnmatch.fnmatch(name, p) for p in ALLOW_PATTERNS)
+    return "/" not in name and any(fnmatch.fnmatch(name, p) for p in client.ALLOW_PATTERNS)
 
 
 def select_files(names: list[str]) -> list[str]:
@@ -105,7 +96,7 @@ def resolve(reference: str, *, name: str | None = None, revision: str | None = N
     if _looks_local(reference) or folder.exists():
         raise UsageError(f"no such model folder: {reference}")
     if name is not None and name != reference:
-        raise UsageError("--name applies to local folders; a Hub model is named by its repo id")
+        raise UsageError("`name` applies to local folders; a Hub model is named by its repo id")
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
@@ -115,88 +106,47 @@ def resolve(reference: str, *, name: str | None = None, revision: str | None = N
     return _resolve_hub(reference, revision)
 
 
-def endpoint() -> str | None:
-    """HF_ENDPOINT read now (huggingface_hub reads it only once, at import)."""
-    value = os.environ.get("HF_ENDPOINT")
-    return value.rstrip("/") if value else None
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """Connection and timeout errors of the HTTP client huggingface_hub talks through.
-
-    huggingface_hub 1.x uses httpx; 2.x uses its fork httpx2. Either may be installed.
-    """
-    import importlib
-
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module in ("httpx2", "httpx"):
-        try:
-            errors.append(importlib.import_module(module).TransportError)
-        except (ImportError, AttributeError):
-            continue
-    return tuple(errors)
-
-
-def _retrying(call: Any, what: str) -> Any:
-    """Run a Hub call, retrying server errors and dropped connections with backoff."""
+def _download_failure(what: str, exc: BaseException) -> ModelFailure:
+    """The `download-error` a Hub failure (after the client's retries) records for a model."""
     from huggingface_hub.errors import (
         GatedRepoError,
-        HfHubHTTPError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
-    for attempt in range(RETRIES):
-        try:
-            return call()
-        except GatedRepoError as exc:
-            raise ModelFailure(
-                "download-error", f"{what} is gated (accept its terms and set HF_TOKEN)"
-            ) from exc
-        except RepositoryNotFoundError as exc:
-            raise ModelFailure("download-error", f"{what} was not found (or is private)") from exc
-        except RevisionNotFoundError as exc:
-            raise ModelFailure("download-error", f"{what} has no such revision") from exc
-        except (HfHubHTTPError, OSError, *_transport_errors()) as exc:
-            status = getattr(getattr(exc, "response", None), "status_code", None)
-            retryable = status is None or status == 429 or status >= 500
-            if not retryable or attempt == RETRIES - 1:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ModelFailure("download-error", f"{what}: {first}") from exc
-            time.sleep(0.5 * 2**attempt)
-    raise AssertionError("unreachable")  # pragma: no cover
+    if isinstance(exc, GatedRepoError):
+        message = f"{what} is gated (accept its terms and set HF_TOKEN)"
+    elif isinstance(exc, RepositoryNotFoundError):
+        message = f"{what} was not found (or is private)"
+    elif isinstance(exc, RevisionNotFoundError):
+        message = f"{what} has no such revision"
+    else:
+        message = f"{what}: {client.short(exc)}"
+    failure = ModelFailure("download-error", message)
+    failure.__cause__ = exc
+    return failure
 
 
 def _resolve_hub(repo_id: str, revision: str | None) -> ModelRef:
-    from huggingface_hub import HfApi
-
-    api = HfApi(endpoint=endpoint())
-    info = _retrying(lambda: api.model_info(repo_id, revision=revision), repo_id)
-    names = [s.rfilename for s in (info.siblings or [])]
+    try:
+        sha, names = client.model_files(repo_id, revision)
+    except Exception as exc:
+        raise _download_failure(repo_id, exc) from exc
     if not _has_safetensors(names):
         raise ModelFailure("no-safetensors", f"{repo_id} has no .safetensors weights")
-    if not info.sha:
+    if not sha:
         raise ModelFailure("download-error", f"{repo_id}: the Hub gave no revision sha")
-    return ModelRef(repo_id, "hub", info.sha, None, tuple(select_files(names)))
+    return ModelRef(repo_id, "hub", sha, None, tuple(select_files(names)))
 
 
 def fetch(ref: ModelRef, cache_dir: Path | None = None) -> Path:
     """The model's folder: local as is, or the Hub snapshot of exactly `ref.files`."""
     if ref.path is not None:
         return ref.path
-    from huggingface_hub import snapshot_download
-
-    folder = _retrying(
-        lambda: snapshot_download(
-            ref.repo_id,
-            revision=ref.revision,
-            allow_patterns=list(ref.files),
-            cache_dir=cache_dir,
-            endpoint=endpoint(),
-        ),
-        ref.repo_id,
-    )
-    return Path(folder)
+    try:
+        return client.download(ref.repo_id, ref.revision, list(ref.files), cache_dir)
+    except Exception as exc:
+        raise _download_failure(ref.repo_id, exc) from exc
 
 
 def pick_device(device: str = "auto") -> str:
@@ -208,7 +158,7 @@ def pick_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but torch sees no CUDA device")
+        raise UsageError("device 'cuda' was asked for, but torch sees no CUDA device")
     return device
 
 
@@ -243,7 +193,6 @@ def load(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from atlas.scoring.templates import has_chat_template
 
     names = [p.name for p in folder.iterdir() if p.is_file()]
     if not _has_safetensors(names):
@@ -252,7 +201,7 @@ def load(
     torch_dtype = pick_dtype(dtype, dev)
     hint = ""
     if "auto_map" in _config_info(folder) and not trust_remote_code:
-        hint = " (the model ships its own code: rerun with --trust-remote-code if you trust it)"
+        hint = " (the model ships its own code: rerun with `trust_remote_code` if you trust it)"
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except Exception as exc:
@@ -303,6 +252,5 @@ def load(
 
 
 def _is_oom(exc: BaseException) -> bool:
-    from atlas.scoring.engine import _is_oom as is_oom
 
     return is_oom(exc)

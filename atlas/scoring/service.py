@@ -8,17 +8,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import col, delete
-
 from atlas import textsets
 from atlas.errors import ModelFailure, UsageError
 from atlas.scoring import loading
+from atlas.scoring.engine import SCORER_VERSION, ScoredVector, Scorer, plan_pieces, score_items
 from atlas.scoring.templates import parse_variants
-from atlas.store import Store
+from atlas.store import Store, queries
 from atlas.store.tables import VARIANTS, Vector
 
 Piece = tuple[str, str]
-ProgressArg = bool | Callable[[int], None]
+MAX_DETAIL = 2000  # characters of a failure's detail kept in the store
+# Called as progress(advance, total): `advance` more items of `total` are scored.
+Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -85,38 +86,6 @@ def stored_pieces(store: Store, *, model_id: int, revision: str, textset: Any) -
     }
 
 
-def delete_vectors(store: Store, ids: Sequence[int]) -> None:
-    """Remove vector pieces by id (undoes a failed run's writes)."""
-    if not ids:
-        return
-    with store.session() as s:
-        s.exec(delete(Vector).where(col(Vector.id).in_(list(ids))))  # type: ignore[call-overload]
-
-
-def _progress_bar(total: int, description: str) -> Any:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    bar.add_task(description, total=total)
-    return bar
-
-
 def score_model(
     store: Store,
     model_ref: str,
@@ -131,7 +100,7 @@ def score_model(
     trust_remote_code: bool = False,
     batch_tokens: int | None = None,
     force: bool = False,
-    progress: ProgressArg = False,
+    progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
     weights_dir: Path | None = None,
 ) -> ScoreSummary:
@@ -143,9 +112,9 @@ def score_model(
     """
     say = log or (lambda _msg: None)
     if max_tokens is not None and max_tokens < 2:
-        raise UsageError("--max-tokens must be at least 2")
+        raise UsageError("`max_tokens` must be at least 2")
     if batch_tokens is not None and batch_tokens < 1:
-        raise UsageError("--batch-tokens must be positive")
+        raise UsageError("`batch_tokens` must be positive")
     if textset_name == textsets.SAMPLE_NAME:
         textsets.ensure_sample(store)
     textset, items = textsets.load_items(store, textset_name)
@@ -153,7 +122,6 @@ def score_model(
     chosen = parse_variants(variants) if variants is not None else VARIANTS
     if plain and chosen != ("base",) and variants is not None:
         raise UsageError(f"text set {textset_name!r} is plain: it has only the base variant")
-    from atlas.scoring.engine import plan_pieces
 
     planned = plan_pieces(plain, chosen)
 
@@ -191,7 +159,7 @@ def score_model(
              trust_remote_code=trust_remote_code, batch_tokens=batch_tokens,
              progress=progress, say=say, weights_dir=weights_dir)  # fmt: skip
     except ModelFailure as failure:
-        delete_vectors(store, written)
+        queries.delete_vectors(store, written)
         _record_failure(store, ref.repo_id, failure, source=ref.source)
         raise
     except (KeyboardInterrupt, SystemExit):
@@ -199,16 +167,19 @@ def score_model(
         store.set_status(ref.repo_id, previous)
         raise
     except Exception as exc:
-        delete_vectors(store, written)
-        store.set_status(ref.repo_id, "failed", "error", f"{type(exc).__name__}: {exc}"[:2000])
+        queries.delete_vectors(store, written)
+        detail = f"{type(exc).__name__}: {exc}"[:MAX_DETAIL]
+        store.set_status(ref.repo_id, "failed", "error", detail)
         raise
-    store.set_status(ref.repo_id, "scored")
+    store.upsert_model(ref.repo_id, status="scored", reason=None, detail=None, attempts=0)
     return summary
 
 
 def _record_failure(store: Store, repo_id: str, failure: ModelFailure, *, source: str) -> None:
     row = store.model(repo_id)
-    fields: dict[str, Any] = dict(status="failed", reason=failure.reason, detail=failure.detail)
+    fields: dict[str, Any] = dict(
+        status="failed", reason=failure.reason, detail=failure.detail[:MAX_DETAIL]
+    )
     if row is None:
         fields["source"] = source
     store.upsert_model(repo_id, **fields)
@@ -228,11 +199,10 @@ def _run(
     max_tokens: int | None,
     trust_remote_code: bool,
     batch_tokens: int | None,
-    progress: ProgressArg,
+    progress: Progress | None,
     say: Callable[[str], None],
     weights_dir: Path | None,
 ) -> None:
-    from atlas.scoring.engine import SCORER_VERSION, ScoredVector, Scorer, score_items
 
     if ref.source == "hub":
         say(f"downloading {ref.repo_id}@{ref.revision[:10]} (safetensors and tokenizer files)")
@@ -265,20 +235,12 @@ def _run(
         summary.truncated = max(summary.truncated, piece.truncated)
         summary.response_truncated = max(summary.response_truncated, piece.response_truncated)
 
-    bar = None
-    tick = progress if callable(progress) else None
-    if progress is True:
-        bar = _progress_bar(len(items) * len(todo), f"scoring {ref.repo_id}")
-        bar.start()
-        tick = lambda n: bar.advance(0, n)  # noqa: E731
+    total = len(items) * len(todo)
+    tick = None if progress is None else (lambda n: progress(n, total))
     started = time.perf_counter()
-    try:
-        score_items(
-            loaded.model, loaded.tokenizer, items, pieces=todo, max_tokens=max_tokens,
-            progress=tick, on_piece=keep, scorer=engine,
-        )  # fmt: skip
-    finally:
-        if bar is not None:
-            bar.stop()
+    score_items(
+        loaded.model, loaded.tokenizer, items, pieces=todo, max_tokens=max_tokens,
+        progress=tick, on_piece=keep, scorer=engine,
+    )  # fmt: skip
     summary.seconds = time.perf_counter() - started
     summary.forward_tokens = engine.stats.forward_tokens

@@ -163,7 +163,7 @@ def truncate(request: Request, max_tokens: int | None, *, plain: bool = False) -
     if max_tokens is None or n <= max_tokens:
         return request
     if max_tokens < 2:
-        raise UsageError("--max-tokens must be at least 2")
+        raise UsageError("`max_tokens` must be at least 2")
     if plain:
         return Request(request.ids[:max_tokens], 1, RESPONSE_TRUNCATED)
     if request.scored + 1 <= max_tokens:

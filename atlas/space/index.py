@@ -25,8 +25,8 @@ import numpy as np
 
 from atlas.errors import LockHeld, NotFound, UsageError
 from atlas.settings import Settings
-from atlas.space import vectors
-from atlas.store import Store, matrices
+from atlas.space import matrices, vectors
+from atlas.store import Store
 from atlas.store.tables import TextSet
 
 FORMAT_VERSION = 1

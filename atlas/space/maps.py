@@ -19,14 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func
-from sqlmodel import col, select
 
 from atlas.errors import NotFound, UsageError
 from atlas.settings import Settings
-from atlas.space import vectors
-from atlas.store import Store, matrices
-from atlas.store.tables import HubModel, MapPoint, MapSnapshot, TextSet, Vector
+from atlas.space import matrices, vectors
+from atlas.store import Store, queries
+from atlas.store.tables import MapSnapshot, TextSet
 
 METHODS = ("tsne", "pca")
 SEED = 42
@@ -273,103 +271,47 @@ def _load_state(
         return None
 
 
-# --- store queries ------------------------------------------------------------------------------
+# --- snapshots in the store -------------------------------------------------------------------
 
 
 def snapshots(store: Store, textset: str | None = None) -> list[MapSnapshot]:
     """Stored map snapshots, newest first."""
-    query = select(MapSnapshot).order_by(col(MapSnapshot.id).desc())
-    if textset is not None:
-        query = query.where(MapSnapshot.textset_id == store.textset(textset).id)
-    with store.session() as s:
-        return list(s.exec(query))
+    textset_id = None if textset is None else store.textset(textset).id
+    return queries.snapshots(store, textset_id)
 
 
 def get_snapshot(store: Store, snapshot_id: int | None = None) -> MapSnapshot:
     """One snapshot by id, or the newest; NotFound when there is none."""
-    with store.session() as s:
-        if snapshot_id is None:
-            found = s.exec(select(MapSnapshot).order_by(col(MapSnapshot.id).desc())).first()
-        else:
-            found = s.get(MapSnapshot, snapshot_id)
+    found = queries.snapshot(store, snapshot_id)
     if found is None:
         what = "no map snapshot yet" if snapshot_id is None else f"no snapshot #{snapshot_id}"
         raise NotFound(what, hint="make one with `atlas map refresh`; see `atlas map list`")
     return found
 
 
-def snapshot_points(store: Store, snapshot_id: int) -> list[tuple[MapPoint, HubModel]]:
-    """A snapshot's points with their models, in the order they were stored."""
-    query = (
-        select(MapPoint, HubModel)
-        .join(HubModel, col(HubModel.id) == MapPoint.model_id)
-        .where(MapPoint.snapshot_id == snapshot_id)
-        .order_by(col(MapPoint.id))
-    )
-    with store.session() as s:
-        return [(p, m) for p, m in s.exec(query)]
-
-
-def _textset_row(store: Store, snapshot: MapSnapshot) -> TextSet:
-    with store.session() as s:
-        found = s.get(TextSet, snapshot.textset_id)
-    if found is None:  # pragma: no cover - cascades make this impossible
-        raise NotFound(f"the text set of snapshot #{snapshot.id} is gone")
-    return found
+snapshot_points = queries.snapshot_points
 
 
 def default_textset(store: Store, variant: str = "base", kind: str = "conditional") -> TextSet:
-    """`sample` when it holds vectors for (variant, kind), else the text set with the most
-    models holding them (ties by name), as `atlas nearest` chooses."""
+    """The store's default text set for (variant, kind) (see `queries.default_textset`)."""
     variant, kind = matrices.check_key(variant, kind)
-    stored_kind = "conditional" if kind == "pmi" else kind
-    query = (
-        select(TextSet, func.count(func.distinct(Vector.model_id)))
-        .join(Vector, col(Vector.textset_id) == TextSet.id)
-        .where(Vector.variant == variant, Vector.kind == stored_kind)
-        .group_by(col(TextSet.id))
-    )
-    with store.session() as s:
-        counts = sorted(
-            s.exec(query).all(), key=lambda row: (row[0].name != "sample", -row[1], row[0].name)
-        )
-    if not counts:
-        raise NotFound(
-            f"no {kind} vectors for variant {variant!r} to map yet",
-            hint="score some models first; `atlas status` shows what is stored",
-        )
-    return counts[0][0]
+    return queries.default_textset(store, variant, "conditional" if kind == "pmi" else kind)
 
 
 def _series_latest(
     store: Store, textset_id: int, variant: str, kind: str, method: str
 ) -> MapSnapshot | None:
-    query = (
-        select(MapSnapshot)
-        .where(
-            MapSnapshot.textset_id == textset_id,
-            MapSnapshot.variant == variant,
-            MapSnapshot.kind == kind,
-        )
-        .order_by(col(MapSnapshot.id).desc())
-    )
-    with store.session() as s:
-        for snap in s.exec(query):
-            if snap.params.get("requested", snap.method) == method:
-                return snap
+    for snap in queries.series_snapshots(store, textset_id, variant, kind):
+        if snap.params.get("requested", snap.method) == method:
+            return snap
     return None
 
 
 def _store_snapshot(
     store: Store, snapshot: MapSnapshot, model_ids: Sequence[int], coords: np.ndarray
 ) -> MapSnapshot:
-    with store.session() as s:
-        snapshot.n_models = len(model_ids)
-        s.add(snapshot)
-        s.flush()
-        for mid, (x, y) in zip(model_ids, coords, strict=True):
-            s.add(MapPoint(snapshot_id=snapshot.id, model_id=int(mid), x=float(x), y=float(y)))
-    return snapshot
+    points = ((mid, x, y) for mid, (x, y) in zip(model_ids, coords, strict=True))
+    return queries.insert_snapshot(store, snapshot, points)
 
 
 # --- refresh ------------------------------------------------------------------------------------
@@ -552,27 +494,15 @@ def _incremental(
 def refresh_all(
     store: Store, settings: Settings, *, progress: Progress | None = None
 ) -> list[MapRefresh]:
-    """After a sync: refresh every map series already stored (incremental where possible), or
-    start the default t-SNE map of each text set with conditional vectors when there is none."""
+    """After a sync: refresh every map series already stored (incremental where possible)."""
     series: dict[tuple[int, str, str, str], None] = {}
     for snap in snapshots(store):
         key = (snap.textset_id, snap.variant, snap.kind, snap.params.get("requested", snap.method))
         series.setdefault(key, None)
-    if not series:
-        with store.session() as s:
-            ids = s.exec(
-                select(Vector.textset_id)
-                .where(Vector.variant == "base", Vector.kind == "conditional")
-                .distinct()
-            ).all()
-        series = {(int(i), "base", "conditional", "tsne"): None for i in ids}
     done = []
     for textset_id, variant, kind, method in series:
-        with store.session() as s:
-            ts = s.get(TextSet, textset_id)
-        if ts is None:
-            continue
         try:
+            ts = queries.textset_by_id(store, textset_id)
             done.append(
                 refresh(store, settings, method=method, textset=ts, variant=variant, kind=kind,
                         progress=progress)

@@ -8,13 +8,16 @@ from typing import Any
 
 import numpy as np
 
+from atlas import textsets
 from atlas.errors import AtlasError, ModelFailure, NotFound, UsageError
+from atlas.scoring import loading
+from atlas.scoring.engine import score_items
+from atlas.scoring.service import score_model
 from atlas.settings import Settings
 from atlas.space import index as kl_index
-from atlas.space import vectors
-from atlas.store import Store, matrices
+from atlas.space import matrices, vectors
+from atlas.store import Store, queries
 from atlas.store.tables import HubModel, TextSet
-from atlas.textsets import SAMPLE_NAME
 
 
 @dataclass
@@ -45,15 +48,16 @@ class Placed:
 
 
 def default_textset(store: Store, variant: str = "base", kind: str = "conditional") -> TextSet:
-    """`sample` when it holds vectors for the key, else the text set with the most models."""
-    sets = store.textsets()
-    if not sets:
-        raise NotFound("no text sets in the store", hint="import one with `atlas textset import`")
-    counts = {t.name: len(matrices.stamps(store, t, variant, kind)) for t in sets}
-    sample = next((t for t in sets if t.name == SAMPLE_NAME), None)
-    if sample is not None and (counts[SAMPLE_NAME] or not any(counts.values())):
-        return sample
-    return min(sets, key=lambda t: (-counts[t.name], t.name))
+    """The store's default text set for the key; `sample` while no text set holds any."""
+    stored = ("base", "unconditional") if kind == "unconditional" else (variant, "conditional")
+    try:
+        return queries.default_textset(store, *stored)
+    except NotFound:
+        if not store.textsets():
+            raise NotFound(
+                "no text sets in the store", hint="import one with `atlas textset import`"
+            ) from None
+        return store.textset(queries.SAMPLE_NAME)
 
 
 def _score_hint(model: str, textset: TextSet) -> str:
@@ -137,7 +141,7 @@ def place(
 def _neighbours(
     store: Store, hits: list[tuple[int, float]], n: int, tokens: float | None
 ) -> list[Neighbour]:
-    rows = {m.id: m for m in _models_by_id(store, [i for i, _ in hits])}
+    rows = queries.models_by_id(store, [i for i, _ in hits])
     out = []
     for rank, (model_id, sq) in enumerate(hits, start=1):
         kl = sq / (2.0 * n)
@@ -148,13 +152,6 @@ def _neighbours(
         out.append(Neighbour(rank, m.repo_id, kl, per_token, m.model_type, m.num_parameters,
                              m.downloads, m.revision))  # fmt: skip
     return out
-
-
-def _models_by_id(store: Store, ids: list[int]) -> list[HubModel]:
-    from sqlmodel import col, select
-
-    with store.session() as s:
-        return list(s.exec(select(HubModel).where(col(HubModel.id).in_(ids))))
 
 
 def _pieces(ts: TextSet, variant: str, kind: str) -> list[tuple[str, str]]:
@@ -189,13 +186,10 @@ def _score_unstored(
     options: dict[str, Any] | None,
 ) -> Placed:
     """Score a folder or Hub model on the text set with the store-free scorer API."""
-    from atlas import textsets
-    from atlas.scoring import loading
-    from atlas.scoring.engine import score_items
 
     opts = dict(options or {})
     if ts.kind == "plain" and kind != "unconditional":
-        raise UsageError(f"text set {ts.name!r} is plain: use --kind unconditional")
+        raise UsageError(f"text set {ts.name!r} is plain: use `kind` unconditional")
     try:
         ref = loading.resolve(model, revision=opts.pop("revision", None))
     except (ModelFailure, UsageError) as exc:
@@ -231,7 +225,6 @@ def _score_and_store(
     options: dict[str, Any] | None,
 ) -> HubModel:
     """Score a model into the store (`--add`), then return its row."""
-    from atlas.scoring.service import score_model
 
     opts = dict(options or {})
     variants = [variant] if kind != "unconditional" else ["base"]

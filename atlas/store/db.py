@@ -8,7 +8,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from sqlalchemy import event, func
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
@@ -239,31 +238,6 @@ class Store:
             query = query.where(Vector.revision == revision)
         with self.session() as s:
             return list(s.exec(query.order_by(col(Vector.id))))
-
-    def vector_matrix(
-        self, *, textset_id: int, variant: str, kind: str
-    ) -> tuple[list[HubModel], np.ndarray]:
-        """Models and their raw vectors (models x N, float32) for one piece key.
-
-        Uses each model's current revision when it has a vector for it, else its newest one.
-        """
-        query = (
-            select(Vector, HubModel)
-            .join(HubModel, col(HubModel.id) == Vector.model_id)
-            .where(Vector.textset_id == textset_id, Vector.variant == variant, Vector.kind == kind)
-            .order_by(col(HubModel.id), col(Vector.created_at))
-        )
-        chosen: dict[int, tuple[Vector, HubModel]] = {}
-        with self.session() as s:
-            for vec, model in s.exec(query):
-                held = chosen.get(model.id)  # type: ignore[arg-type]
-                if held is None or held[0].revision != model.revision:
-                    chosen[model.id] = (vec, model)  # type: ignore[index]
-        models = [m for _, m in chosen.values()]
-        if not chosen:
-            return [], np.zeros((0, 0), dtype=np.float32)
-        matrix = np.stack([v.array() for v, _ in chosen.values()]).astype(np.float32)
-        return models, matrix
 
     # --- state and sync runs ------------------------------------------------------------
     def get_state(self, key: str) -> dict[str, Any]:

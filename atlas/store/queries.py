@@ -1,0 +1,314 @@
+"""Every query beyond a single row, and the rules the parts of atlas share.
+
+- **Current revision, else newest**: a model's vector piece for a key is the one of its current
+  revision when stored, else its newest (`chosen_pieces`, `chosen_piece_ids`).
+- **Default text set**: `sample` when it holds vectors for the key, else the text set with the
+  most models holding them, ties by name (`default_textset`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import col, delete, or_, select
+
+from atlas.errors import NotFound
+from atlas.store.db import Store
+from atlas.store.tables import (
+    HubModel,
+    MapPoint,
+    MapSnapshot,
+    SyncRun,
+    TextItem,
+    TextSet,
+    Vector,
+    utcnow,
+)
+
+SAMPLE_NAME = "sample"
+
+# --- vectors ----------------------------------------------------------------------------------
+
+
+def _of(ts: TextSet, variant: str, kind: str) -> tuple[Any, ...]:
+    """Conditions for pieces of one key that match the text set's content."""
+    return (
+        Vector.textset_id == ts.id,
+        Vector.variant == variant,
+        Vector.kind == kind,
+        Vector.textset_sha256 == ts.sha256,
+        Vector.n == ts.size,
+    )
+
+
+def _newest_first_per_model(query: Any) -> Any:
+    return query.order_by(col(HubModel.id), col(Vector.created_at), col(Vector.id))
+
+
+def chosen_pieces(
+    store: Store,
+    ts: TextSet,
+    variant: str,
+    kind: str,
+    model_ids: Iterable[int] | None = None,
+) -> dict[int, tuple[Vector, HubModel]]:
+    """Model id -> (piece, model) for one key: the current revision's piece, else the newest."""
+    query = _newest_first_per_model(
+        select(Vector, HubModel)
+        .join(HubModel, col(HubModel.id) == Vector.model_id)
+        .where(*_of(ts, variant, kind))
+    )
+    if model_ids is not None:
+        query = query.where(col(Vector.model_id).in_(list(model_ids)))
+    chosen: dict[int, tuple[Vector, HubModel]] = {}
+    with store.session() as s:
+        for vec, model in s.exec(query):
+            held = chosen.get(model.id)  # type: ignore[arg-type]
+            if held is None or held[0].revision != model.revision:
+                chosen[model.id] = (vec, model)  # type: ignore[index]
+    return chosen
+
+
+def chosen_piece_ids(store: Store, ts: TextSet, variant: str, kind: str) -> dict[int, int]:
+    """Model id -> id of the piece `chosen_pieces` would pick (no values loaded)."""
+    query = _newest_first_per_model(
+        select(Vector.id, Vector.revision, HubModel.id, HubModel.revision)
+        .join(HubModel, col(HubModel.id) == Vector.model_id)
+        .where(*_of(ts, variant, kind))
+    )
+    chosen: dict[int, tuple[int, str]] = {}
+    with store.session() as s:
+        for vid, vrev, mid, mrev in s.exec(query):
+            held = chosen.get(mid)
+            if held is None or held[1] != mrev:
+                chosen[mid] = (int(vid), vrev)
+    return {m: v for m, (v, _) in chosen.items()}
+
+
+def piece_revisions(store: Store, piece_ids: Iterable[int]) -> dict[int, str]:
+    """Vector piece id -> the model revision it was computed at."""
+    query = select(Vector.id, Vector.revision).where(col(Vector.id).in_(list(piece_ids)))
+    with store.session() as s:
+        return {int(i): r for i, r in s.exec(query).all()}
+
+
+def delete_vectors(store: Store, ids: Sequence[int]) -> None:
+    """Remove vector pieces by id (undoes a failed run's writes)."""
+    if not ids:
+        return
+    with store.session() as s:
+        s.exec(delete(Vector).where(col(Vector.id).in_(list(ids))))  # type: ignore[call-overload]
+
+
+# --- text sets --------------------------------------------------------------------------------
+
+
+def textset_by_id(store: Store, textset_id: int) -> TextSet:
+    """A text set row by id, or NotFound."""
+    with store.session() as s:
+        found = s.get(TextSet, textset_id)
+    if found is None:
+        raise NotFound(f"no text set with id {textset_id}")
+    return found
+
+
+def default_textset(store: Store, variant: str = "base", kind: str = "conditional") -> TextSet:
+    """`sample` when it holds (variant, kind) vectors, else the text set with the most models
+    holding them (ties by name); NotFound when no text set holds any."""
+    query = (
+        select(TextSet, func.count(func.distinct(Vector.model_id)))
+        .join(Vector, col(Vector.textset_id) == TextSet.id)
+        .where(Vector.variant == variant, Vector.kind == kind)
+        .group_by(col(TextSet.id))
+    )
+    with store.session() as s:
+        counts = sorted(
+            s.exec(query).all(),
+            key=lambda row: (row[0].name != SAMPLE_NAME, -row[1], row[0].name),
+        )
+    if not counts:
+        raise NotFound(
+            f"no {kind} vectors for variant {variant!r} yet",
+            hint="score some models first; `atlas status` shows what is stored",
+        )
+    return counts[0][0]
+
+
+def insert_textset(
+    store: Store, textset: TextSet, items: Iterable[dict[str, Any]]
+) -> tuple[TextSet, bool]:
+    """Store a text set and its items in one transaction.
+
+    Returns (the stored row, True) or, when the name is taken, (the existing row, False).
+    """
+    with store.session() as s:
+        existing = s.exec(select(TextSet).where(TextSet.name == textset.name)).first()
+        if existing is not None:
+            return existing, False
+        s.add(textset)
+        s.flush()
+        s.add_all(
+            TextItem(textset_id=textset.id, idx=i, **fields)  # type: ignore[arg-type]
+            for i, fields in enumerate(items)
+        )
+        s.flush()
+        s.refresh(textset)
+    return textset, True
+
+
+def textset_items(store: Store, textset: TextSet) -> list[TextItem]:
+    """A text set's items, in order."""
+    query = select(TextItem).where(TextItem.textset_id == textset.id).order_by(TextItem.idx)
+    with store.session() as s:
+        return list(s.exec(query).all())
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def models_by_id(store: Store, ids: Iterable[int]) -> dict[int, HubModel]:
+    """Model rows by id."""
+    with store.session() as s:
+        rows = s.exec(select(HubModel).where(col(HubModel.id).in_(list(ids))))
+        return {int(m.id): m for m in rows}  # type: ignore[arg-type]
+
+
+def known_models(store: Store) -> dict[str, tuple[str | None, str]]:
+    """Repo id -> (revision, status) of every model seen."""
+    with store.session() as s:
+        rows = s.exec(select(HubModel.repo_id, HubModel.revision, HubModel.status)).all()
+    return {repo: (rev, status) for repo, rev, status in rows}
+
+
+def record_models(store: Store, updates: dict[str, dict[str, Any]]) -> None:
+    """Insert or update many model rows (repo id -> fields) in one transaction."""
+    with store.session() as s:
+        repos = list(updates)
+        existing = {
+            m.repo_id: m for m in s.exec(select(HubModel).where(col(HubModel.repo_id).in_(repos)))
+        }
+        now = utcnow()
+        for repo, fields in updates.items():
+            row = existing.get(repo)
+            if row is None:
+                row = HubModel(repo_id=repo, author=repo.split("/")[0] if "/" in repo else None)
+            for key, value in fields.items():
+                setattr(row, key, value)
+            row.updated_at = now
+            s.add(row)
+
+
+def hub_models_to_score(
+    store: Store, textset: TextSet, *, statuses: Sequence[str], retry_reasons: Sequence[str] = ()
+) -> tuple[list[HubModel], dict[int, set[str]]]:
+    """Hub models in `statuses` (or failed for one of `retry_reasons`), and per model id the
+    revisions that have vectors on `textset`."""
+    wanted = col(HubModel.status).in_(tuple(statuses))
+    if retry_reasons:
+        retryable = (HubModel.status == "failed") & col(HubModel.reason).in_(retry_reasons)
+        wanted = or_(wanted, retryable)
+    with store.session() as s:
+        rows = list(s.exec(select(HubModel).where(HubModel.source == "hub").where(wanted)))
+        have: dict[int, set[str]] = {}
+        for model_id, revision in s.exec(
+            select(Vector.model_id, Vector.revision).where(Vector.textset_id == textset.id)
+        ):
+            have.setdefault(model_id, set()).add(revision)
+    return rows, have
+
+
+# --- sync runs --------------------------------------------------------------------------------
+
+
+def start_sync_run(store: Store, textset: str) -> int:
+    """Record a new running sync (earlier ones still marked running were interrupted)."""
+    with store.session() as s:
+        for stale in s.exec(select(SyncRun).where(SyncRun.status == "running")):
+            stale.status = "interrupted"
+            stale.finished_at = stale.finished_at or utcnow()
+            s.add(stale)
+        run = SyncRun(status="running", counts={"textset": textset})
+        s.add(run)
+        s.flush()
+        return int(run.id)  # type: ignore[arg-type]
+
+
+def finish_sync_run(
+    store: Store, run_id: int, status: str, counts: dict[str, Any], errors: list[str]
+) -> None:
+    """Close a sync run with its status, counts and (at most 200) error lines."""
+    with store.session() as s:
+        run = s.get(SyncRun, run_id)
+        if run is None:
+            return
+        run.status, run.counts, run.errors = status, counts, errors[:200]
+        run.finished_at = utcnow()
+        s.add(run)
+
+
+# --- map snapshots ----------------------------------------------------------------------------
+
+
+def snapshots(store: Store, textset_id: int | None = None) -> list[MapSnapshot]:
+    """Stored map snapshots, newest first."""
+    query = select(MapSnapshot).order_by(col(MapSnapshot.id).desc())
+    if textset_id is not None:
+        query = query.where(MapSnapshot.textset_id == textset_id)
+    with store.session() as s:
+        return list(s.exec(query))
+
+
+def snapshot(store: Store, snapshot_id: int | None = None) -> MapSnapshot | None:
+    """One snapshot by id, or the newest."""
+    with store.session() as s:
+        if snapshot_id is None:
+            return s.exec(select(MapSnapshot).order_by(col(MapSnapshot.id).desc())).first()
+        return s.get(MapSnapshot, snapshot_id)
+
+
+def snapshot_points(store: Store, snapshot_id: int) -> list[tuple[MapPoint, HubModel]]:
+    """A snapshot's points with their models, in the order they were stored."""
+    query = (
+        select(MapPoint, HubModel)
+        .join(HubModel, col(HubModel.id) == MapPoint.model_id)
+        .where(MapPoint.snapshot_id == snapshot_id)
+        .order_by(col(MapPoint.id))
+    )
+    with store.session() as s:
+        return [(p, m) for p, m in s.exec(query)]
+
+
+def series_snapshots(
+    store: Store, textset_id: int, variant: str, kind: str
+) -> list[MapSnapshot]:
+    """The snapshots of one (text set, variant, kind) series, newest first."""
+    query = (
+        select(MapSnapshot)
+        .where(
+            MapSnapshot.textset_id == textset_id,
+            MapSnapshot.variant == variant,
+            MapSnapshot.kind == kind,
+        )
+        .order_by(col(MapSnapshot.id).desc())
+    )
+    with store.session() as s:
+        return list(s.exec(query))
+
+
+def insert_snapshot(
+    store: Store, snapshot: MapSnapshot, points: Iterable[tuple[int, float, float]]
+) -> MapSnapshot:
+    """Store a snapshot and its (model id, x, y) points in one transaction."""
+    points = list(points)
+    with store.session() as s:
+        snapshot.n_models = len(points)
+        s.add(snapshot)
+        s.flush()
+        s.add_all(
+            MapPoint(snapshot_id=snapshot.id, model_id=int(m), x=float(x), y=float(y))
+            for m, x, y in points
+        )
+    return snapshot
+
