@@ -1,11 +1,12 @@
 """`atlas sync`: discover, queue, download, score, store, refresh; safe under cron and kill -9.
 
 One run holds the store's lock, records itself as a `SyncRun` row, polls the Hub (see
-`atlas.discovery`), then works through the queue model by model: status `scoring`, download
-(safetensors and tokenizer files only, into ATLAS_HOME/weights/<repo>/<sha>), score, status
-`scored` or `failed` with a reason, weights deleted. Hub calls that huggingface_hub does not
-retry itself are retried here with backoff. A killed run leaves `queued`/`scoring` rows that the
-next run picks up; vector pieces are written atomically and keyed, so nothing is duplicated.
+`atlas.hub.discovery`), then works through the queue model by model with the scoring service
+(`atlas.scoring.service`: status `scoring`, download of safetensors and tokenizer files, score,
+status `scored` or `failed` with a reason), then deletes the weights. This module only
+orchestrates: it writes no model status of its own except for models it never hands to the
+scorer. A killed run leaves `queued`/`scoring` rows that the next run picks up; vector pieces
+are written atomically and keyed, so nothing is duplicated.
 """
 
 from __future__ import annotations

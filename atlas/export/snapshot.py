@@ -3,7 +3,7 @@
 `snapshot.json` holds the provenance and the models with their coordinates, `models.csv` the
 same table flat, `loglik.npz` the raw (unclipped) conditional and unconditional vectors, and
 `map.png` / `map.html` the map; the page embeds each model's nearest neighbours by estimated KL.
-`analyses/` holds the PMI, prompt-shift and lineage analyses of the text set (`atlas.plots`).
+`analyses/` holds the PMI, prompt-shift and lineage analyses (`atlas.analyses.report`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The scoring engine: exact log-likelihoods of response tokens, fast.
 
-Requests (token ids and the first scored index, see `atlas.templates`) are deduplicated,
+Requests (token ids and the first scored index, see `atlas.scoring.templates`) are deduplicated,
 sorted by length and cut into token-budget batches, right-padded with an attention mask. The
 decoder runs once per batch under `torch.inference_mode`; the output head is applied only to
 the hidden states of scored positions, in chunks, and `log p = logit[target] - logsumexp(logits)`
