@@ -167,7 +167,7 @@ def test_rescore_updated_and_limit(cli, tmp_path, zoo_models, monkeypatch) -> No
 def test_faults_are_survived_and_a_hopeless_repo_fails(
     cli, tmp_path, zoo_models, monkeypatch
 ) -> None:
-    monkeypatch.setattr(client, "RETRY_DELAYS", (0.05,))
+    monkeypatch.setattr(client, "RETRY_DELAYS", (0.05, 0.05, 0.05))  # the policy, only faster
     only = [
         "atlas-zoo/llama-base", "atlas-zoo/qwen-base", "atlas-zoo/llama-chat-a",
         "atlas-zoo/qwen-chat-b",
