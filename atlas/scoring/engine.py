@@ -28,7 +28,7 @@ from atlas.scoring.templates import (
 )
 from atlas.store.tables import VARIANTS
 
-# 2: the finished-turn definition and the pinned template clock (see atlas.templates).
+# 2: the finished-turn definition and the pinned template clock (see atlas.scoring.templates).
 SCORER_VERSION = "atlas-scorer/2"
 CPU_BATCH_TOKENS = 2048
 MAX_ROWS = 1024
