@@ -262,12 +262,35 @@ def test_every_piece_matches_the_reference(built, pairs, file):
         assert np.abs(piece.values - want).max() <= TOL, (variant, kind)
         assert piece.truncated == 0 and np.all(piece.values < 0)
         assert piece.template_mode == spec.mode, (variant, kind)
+    if spec.mode == GENERATION_PROMPT:  # scorer 1's rule scores exactly the same tokens
+        for it in pairs:
+            assert pair_request(tok, it.prompt, it.response).start == _scorer1_start(tok, it)
     info = template_info(tok)
     assert info.dated is spec.dated
     assert info.clock == ("2024-07-26" if spec.dated else None)
     raw = (DATA / file).read_text(encoding="utf-8")
     default = json.loads(raw)["default"] if file.endswith(".json") else raw
     assert info.sha256 == hashlib.sha256(default.encode()).hexdigest()
+
+
+def _scorer1_start(tok, it: Item) -> int:
+    """The first response token by scorer 1's rule: the rendered generation prompt is the prefix."""
+    with _today(dt.datetime(2024, 7, 26)):
+        prefix = tok.apply_chat_template(_conv(it.prompt, "")[:1], tokenize=False,
+                                         add_generation_prompt=True, **PINNED)  # fmt: skip
+    _, full, _, _ = reference_split(tok, it.prompt, it.response)
+    assert full.startswith(prefix)
+    offsets = tok(full, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return min(i for i, (_, end) in enumerate(offsets) if end > len(prefix))
+
+
+def test_the_zoo_scores_the_same_tokens_as_scorer_1(zoo_by_name, pairs):
+    for name in ("atlas-zoo/llama-chat-a", "atlas-zoo/qwen-chat-a"):
+        tok = AutoTokenizer.from_pretrained(zoo_by_name[name].path)
+        for it in pairs:
+            request = pair_request(tok, it.prompt, it.response)
+            assert request.mode == GENERATION_PROMPT
+            assert request.start == _scorer1_start(tok, it)
 
 
 def _spans(tok, x: str, y: str) -> tuple[str, str]:

@@ -106,9 +106,9 @@ def clock(tokenizer: Any, when: datetime = PINNED_DATE) -> Iterator[None]:
     if text is None:
         yield
         return
-    from transformers.utils.chat_template_utils import _compile_jinja_template
-
     try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
         compiled = _compile_jinja_template(text)
     except Exception:  # a template that does not compile fails when it is rendered
         yield
