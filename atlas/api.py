@@ -18,12 +18,15 @@ from atlas.analyses.shift import ShiftResult
 from atlas.errors import UsageError
 from atlas.export import snapshot as export_snapshot
 from atlas.hub import datasets
-from atlas.scoring.service import ScoreSummary, score_model
+from atlas.scoring import rescore
+from atlas.scoring.rescore import RescoreSummary
+from atlas.scoring.service import ScoreSummary, score_model, template_provenance
 from atlas.settings import Settings, redact_url
 from atlas.space import index, maps, neighbours
 from atlas.space.maps import MapRefresh
 from atlas.space.neighbours import Neighbour
 from atlas.store import Store
+from atlas.store.locking import store_lock
 from atlas.store.tables import MODEL_STATUSES, HubModel, MapSnapshot, TextSet
 from atlas.sync import SyncOptions, SyncSummary
 from atlas.textsets import ImportResult
@@ -121,6 +124,24 @@ class Atlas:
         options = (options or SyncOptions()).with_overrides(**overrides)
         return sync.sync(self.store, options, settings=self.settings, stop=stop, progress=progress)
 
+    def rescore_outdated(
+        self,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        keep_weights: bool = False,
+        progress: Callable[[str], None] | None = None,
+    ) -> RescoreSummary:
+        """Rescore vectors of an older scorer where the current definition changes the numbers.
+
+        Holds the sync lock; `sync(rescore_outdated=True)` does the same after scoring the queue.
+        """
+        with store_lock(self.store, "sync", self.settings):
+            return rescore.rescore_outdated(
+                self.store, settings=self.settings, device=device, dtype=dtype,
+                keep_weights=keep_weights, progress=progress,
+            )  # fmt: skip
+
     def build_textset(
         self,
         dataset: str,
@@ -205,6 +226,10 @@ class Atlas:
         if status is not None and status not in MODEL_STATUSES:
             raise UsageError(f"unknown status {status!r}; choose from {', '.join(MODEL_STATUSES)}")
         return self.store.models(status)
+
+    def template_provenance(self) -> dict[int, dict[str, str | None]]:
+        """Per model id: template mode, template sha256 and pinned clock of its vectors."""
+        return template_provenance(self.store)
 
     def status(self) -> dict[str, Any]:
         """Counts per model status, the text sets, and the last sync run."""

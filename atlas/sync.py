@@ -22,7 +22,7 @@ from atlas import textsets
 from atlas.errors import AtlasError, ModelFailure, UsageError
 from atlas.hub import client, discovery
 from atlas.hub.discovery import Filters
-from atlas.scoring import service
+from atlas.scoring import rescore, service
 from atlas.settings import Settings
 from atlas.space import index, maps
 from atlas.store import Store, queries
@@ -50,6 +50,7 @@ class SyncOptions:
     rescore_updated: bool = False
     retry_failed: bool = False
     full: bool = False
+    rescore_outdated: bool = False
 
     def with_overrides(self, **overrides: Any) -> SyncOptions:
         """A copy with fields of these options, or of their filters, replaced."""
@@ -85,12 +86,15 @@ class SyncSummary:
     dry_run: bool = False
     would_score: list[str] = field(default_factory=list)
     refreshed: list[str] = field(default_factory=list)
+    rescore: dict[str, Any] | None = None
     seconds: float = 0.0
 
     @property
     def nothing_new(self) -> bool:
         """True when the Hub had nothing new or changed and the queue was empty."""
-        return not (self.new or self.updated or self.queued or self.scored or self.failed)
+        rescored = bool(self.rescore and self.rescore.get("rescored"))
+        return not (self.new or self.updated or self.queued or self.scored or self.failed
+                    or rescored)  # fmt: skip
 
     def counts(self) -> dict[str, Any]:
         """The numbers, as stored in the SyncRun row."""
@@ -118,6 +122,7 @@ class SyncSummary:
             "dry_run": self.dry_run,
             "would_score": list(self.would_score),
             "refreshed": list(self.refreshed),
+            "rescore_outdated": self.rescore,
             "nothing_new": self.nothing_new,
             "seconds": round(self.seconds, 3),
         }
@@ -174,15 +179,22 @@ RETRYABLE_REASONS = ("download-error", "out-of-memory", "interrupted", "error", 
 
 
 def pending(
-    store: Store, textset: TextSet, *, rescore_updated: bool = False, retry_failed: bool = False
+    store: Store,
+    textset: TextSet,
+    *,
+    rescore_updated: bool = False,
+    retry_failed: bool = False,
+    rescore_outdated: bool = False,
 ) -> list[HubModel]:
     """Hub models to score on `textset`: queued, interrupted, and scored ones lacking vectors.
 
-    With `retry_failed`, also models that failed for a reason in RETRYABLE_REASONS.
+    With `retry_failed`, also models that failed for a reason in RETRYABLE_REASONS; with
+    `rescore_outdated`, also those that the older scorer refused with template-mismatch.
     """
     rows, have = queries.hub_models_to_score(
         store, textset, statuses=("queued", "scoring", "scored"),
         retry_reasons=RETRYABLE_REASONS if retry_failed else (),
+        retry_detail=("template-mismatch", rescore.SCORER1_MISMATCH) if rescore_outdated else None,
     )  # fmt: skip
     chosen = []
     for m in rows:
@@ -303,8 +315,9 @@ def _run(
         f"{len(polled.updated)} updated, {len(polled.queued)} passed the filters"
     )
     queue = pending(
-        store, textset, rescore_updated=options.rescore_updated, retry_failed=options.retry_failed
-    )
+        store, textset, rescore_updated=options.rescore_updated, retry_failed=options.retry_failed,
+        rescore_outdated=options.rescore_outdated,
+    )  # fmt: skip
     if options.dry_run:
         names = [m.repo_id for m in queue] + [r for r in polled.queued if store.model(r) is None]
         summary.would_score = list(dict.fromkeys(names))[: options.limit or None]
@@ -327,7 +340,19 @@ def _run(
             summary.scored.append(model.repo_id)
         else:
             summary.failed[model.repo_id] = reason or "error"
-    if summary.scored:
+    rescored = False
+    if options.rescore_outdated and not summary.stopped:
+        with client.quiet_bars():
+            done = rescore.rescore_outdated(
+                store, settings=settings, device=options.device or "auto",
+                dtype=options.dtype or "auto", keep_weights=options.keep_weights, stop=stop,
+                progress=say,
+            )  # fmt: skip
+        say(done.message())
+        summary.rescore = done.to_dict()
+        summary.stopped = summary.stopped or done.stopped
+        rescored = bool(done.rescored)
+    if summary.scored or rescored:
         summary.refreshed = refresh_derived(store, settings, textset, say)
     summary.seconds = time.monotonic() - started
     return summary

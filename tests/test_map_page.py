@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 from _cdp import Browser, chromium_path
 from _vectorstore import clustered, make_textset, put_vector
+from sqlmodel import select
+
+from atlas.store.tables import Vector
 
 N_TEXTS = 30
 EVIL_NAME = "evil/<script>window.__pwned=1</script>"
@@ -46,6 +49,12 @@ def exported(tmp_path):
                        model_type=EVIL_TYPE if i == 24 else ("llama", "qwen2", "gemma")[i % 3],
                        downloads=1000 * (25 - i), num_parameters=(i + 1) * 10**8,
                        base_models=[f"family{i % 3}/base"])  # fmt: skip
+        # Template modes as scorer 2 records them: one family finished-turn, the rest not.
+        with a.store.session() as s:
+            for vec in s.exec(select(Vector)):
+                finished = vec.model_id % 3 == 2
+                vec.template_mode = "finished-turn" if finished else "generation-prompt"
+                s.add(vec)
         snap = a.refresh_map("tsne").snapshot
         out = a.export(tmp_path / "export", neighbours=10)
     return out, names, L, snap.clip_threshold
@@ -136,6 +145,15 @@ def test_map_page_in_headless_chromium(browser_path, exported, tmp_path):
             ".map(function(l){return l.getAttribute('data-category')})"
         )
         assert sorted(legend) == ["family0/base", "family1/base", "family2/base"]
+        browser.js(
+            "var s=document.getElementById('color-by');s.value='template_mode';"
+            "s.dispatchEvent(new Event('change'))"
+        )
+        legend = browser.js(
+            "Array.from(document.querySelectorAll('#legend li'))"
+            ".map(function(l){return l.getAttribute('data-category')})"
+        )
+        assert sorted(legend) == ["finished-turn", "generation-prompt"]
 
         # wheel zoom spreads points apart; a drag on empty space pans them
         def gap() -> float:

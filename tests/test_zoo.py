@@ -171,9 +171,10 @@ def test_prefix_property(models: dict[str, zoo.ZooModel]) -> None:
             assert prefix.startswith("<|begin_of_text|>")
             assert full[len(prefix) :] == "The sky is usually blue.<|eot_id|>"
         else:
-            assert prefix.endswith(
-                "<|im_start|>assistant\n" + ("<think>\n" if entry.kind == "broken-template" else "")
-            )
+            assert prefix.endswith("<|im_start|>assistant\n")
+            if entry.kind == "broken-template":  # the answer's length is in its header
+                length = len(CONVERSATION[1]["content"])
+                assert f"<|im_start|>assistant ({length} characters)\n" in full
 
 
 def test_llama_template_renders_bos(models: dict[str, zoo.ZooModel]) -> None:

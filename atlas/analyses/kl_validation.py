@@ -20,7 +20,7 @@ from atlas.analyses.common import bootstrap_ci, pearson, plain, spearman
 from atlas.errors import ModelFailure, UsageError
 from atlas.scoring import loading
 from atlas.scoring.engine import score_items
-from atlas.scoring.templates import has_chat_template
+from atlas.scoring.templates import context_text, has_chat_template
 from atlas.space import matrices, vectors
 from atlas.textsets import Item
 
@@ -208,13 +208,9 @@ def generate(
     model, tok = loaded.model, loaded.tokenizer
     if not has_chat_template(tok):
         raise ModelFailure("no-chat-template", "the tokenizer has no chat template")
+    # Generation starts where the scored response starts: the finished-turn context.
     encoded = [
-        tok(
-            tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                    tokenize=False),
-            add_special_tokens=False,
-        )["input_ids"]
-        for p in prompts
+        tok(context_text(tok, p), add_special_tokens=False)["input_ids"] for p in prompts
     ]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     pad = 0 if pad is None else int(pad)

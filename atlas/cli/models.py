@@ -22,11 +22,15 @@ def register(app: typer.Typer) -> None:
         json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """List models with their status and, when skipped or failed, the reason."""
-        models = ctx_obj(ctx).atlas().models(status)
+        atlas = ctx_obj(ctx).atlas()
+        models = atlas.models(status)
+        templates = atlas.template_provenance()
+        none = {"template_mode": None, "template_sha256": None, "template_clock": None}
         rows = [
             {"model": m.repo_id, "status": m.status, "reason": m.reason, "revision": m.revision,
              "model_type": m.model_type, "parameters": m.num_parameters,
-             "downloads": m.downloads, "base_models": m.base_models, "detail": m.detail}
+             "downloads": m.downloads, "base_models": m.base_models, "detail": m.detail,
+             **templates.get(m.id, none)}  # type: ignore[arg-type]
             for m in models
         ]
         if json:

@@ -97,6 +97,12 @@ def register(app: typer.Typer) -> None:
         full: bool = typer.Option(
             False, "--full", help="Walk the whole listing, ignoring the watermark."
         ),
+        rescore_outdated: bool = typer.Option(
+            False,
+            "--rescore-outdated",
+            help="Rescore vectors of an older scorer whose numbers the current one changes "
+            "(finished-turn or dated templates); stamp the others.",
+        ),
         hub_prefilter: bool = typer.Option(
             False,
             "--hub-prefilter",
@@ -123,6 +129,7 @@ def register(app: typer.Typer) -> None:
             rescore_updated=rescore_updated,
             retry_failed=retry_failed,
             full=full,
+            rescore_outdated=rescore_outdated,
         )
         stop = threading.Event()
         with stop_on_signals(stop, obj.info):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ COLOUR_ATTRIBUTES = [
     ("family", "base model"),
     ("architecture", "architecture"),
     ("status", "status"),
+    ("template_mode", "template mode"),
 ]
 
 
@@ -53,6 +54,7 @@ class SnapshotData:
     conditional: np.ndarray  # models x N float32, NaN rows where a model has no vector
     unconditional: np.ndarray
     neighbours: list[list[tuple[int, float]]]  # per model: (index, KL nats per text)
+    templates: list[dict[str, Any]] = field(default_factory=list)  # per model, see _templates
 
     @property
     def coords(self) -> np.ndarray:
@@ -90,6 +92,22 @@ def top_neighbours(Xi: np.ndarray, k: int, block: int = 512) -> list[list[tuple[
             cand = cand[np.lexsort((cand, sq[r, cand]))]
             result.append([(int(j), float(sq[r, j] / (2.0 * dims))) for j in cand[:k]])
     return result
+
+
+def _templates(store: Store, stamps: dict[int, tuple[int, ...]], ids: list[int]) -> list:
+    """Per model, how its vector applied the chat template (mode, sha256, clock, scorer)."""
+    first = {mid: s[0] for mid, s in stamps.items() if s}
+    rows = queries.pieces_by_id(store, first.values())
+    out = []
+    for mid in ids:
+        vec = rows.get(first.get(mid, -1))
+        out.append({
+            "mode": vec.template_mode if vec else None,
+            "sha256": vec.template_sha256 if vec else None,
+            "clock": vec.template_clock if vec else None,
+            "scorer_version": vec.scorer_version if vec else None,
+        })  # fmt: skip
+    return out
 
 
 def _revisions(store: Store, stamps: dict[int, tuple[int, ...]], ids: list[int]) -> list:
@@ -134,6 +152,7 @@ def gather(
         points=points,
         models=models,
         revisions=_revisions(store, stamps, ids),
+        templates=_templates(store, stamps, ids),
         conditional=cond.astype(np.float32),
         unconditional=uncond.astype(np.float32),
         neighbours=found,
@@ -197,10 +216,13 @@ def provenance(data: SnapshotData) -> dict[str, Any]:
                 "repo_id": m.repo_id,
                 "revision": rev or m.revision,
                 "metadata": _metadata(m),
+                "template": tpl,
                 "x": p.x,
                 "y": p.y,
             }
-            for m, p, rev in zip(data.models, data.points, data.revisions, strict=True)
+            for m, p, rev, tpl in zip(
+                data.models, data.points, data.revisions, _per_model(data), strict=True
+            )
         ],
     }
 
@@ -301,17 +323,25 @@ def _label_points(fig: Any, ax: Any, data: SnapshotData, xy: np.ndarray, limit: 
         placed.append(box)
 
 
+def _per_model(data: SnapshotData) -> list[dict[str, Any]]:
+    empty = {"mode": None, "sha256": None, "clock": None, "scorer_version": None}
+    return data.templates or [dict(empty) for _ in data.models]
+
+
 def page_data(data: SnapshotData) -> dict[str, Any]:
     """What map.html embeds: the snapshot, the models with metadata, their KL neighbours."""
     snap = data.snapshot
     models = []
-    for m, p, rev in zip(data.models, data.points, data.revisions, strict=True):
+    for m, p, rev, tpl in zip(
+        data.models, data.points, data.revisions, _per_model(data), strict=True
+    ):
         bases = list(m.base_models or [])
         models.append({
             "id": m.id, "name": m.repo_id, "x": p.x, "y": p.y, "revision": rev or m.revision,
             "type": m.model_type, "architecture": m.architecture, "params": m.num_parameters,
             "downloads": m.downloads, "likes": m.likes, "base_models": bases,
             "status": m.status, "author": m.author, "family": bases[0] if bases else m.repo_id,
+            "template_mode": tpl["mode"] or "not recorded",
         })  # fmt: skip
     return {
         "snapshot": {

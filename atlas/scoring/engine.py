@@ -24,10 +24,12 @@ from atlas.scoring.templates import (
     Request,
     build_requests,
     has_chat_template,
+    vector_mode,
 )
 from atlas.store.tables import VARIANTS
 
-SCORER_VERSION = "atlas-scorer/1"
+# 2: the finished-turn definition and the pinned template clock (see atlas.scoring.templates).
+SCORER_VERSION = "atlas-scorer/2"
 CPU_BATCH_TOKENS = 2048
 MAX_ROWS = 1024
 Piece = tuple[str, str]
@@ -43,6 +45,7 @@ class ScoredVector:
     token_counts: np.ndarray
     truncated: int = 0
     response_truncated: int = 0
+    template_mode: str | None = None
 
     @property
     def tokens(self) -> int:
@@ -361,6 +364,7 @@ def score_items(
             token_counts=np.asarray([r.scored for r in reqs], dtype=np.int32),
             truncated=sum(m != NOT_TRUNCATED for m in marks),
             response_truncated=sum(m == 2 for m in marks),
+            template_mode=vector_mode(reqs),
         )
         results[(variant, kind)] = piece
         if on_piece is not None:

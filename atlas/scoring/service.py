@@ -12,7 +12,12 @@ from atlas import textsets
 from atlas.errors import ModelFailure, UsageError
 from atlas.scoring import loading
 from atlas.scoring.engine import SCORER_VERSION, ScoredVector, Scorer, plan_pieces, score_items
-from atlas.scoring.templates import parse_variants
+from atlas.scoring.templates import (
+    FINISHED_TURN,
+    GENERATION_PROMPT,
+    parse_variants,
+    template_info,
+)
 from atlas.store import Store, queries
 from atlas.store.tables import VARIANTS, Vector
 
@@ -218,6 +223,7 @@ def _run(
     model_id = store.model(ref.repo_id).id  # type: ignore[union-attr]
     summary.device, summary.dtype = loaded.device, loaded.dtype
     engine = Scorer(loaded.model, batch_tokens=batch_tokens)
+    template = template_info(loaded.tokenizer) if textset.kind == "pairs" else None
 
     def keep(piece: ScoredVector) -> None:
         vector = Vector(
@@ -226,7 +232,9 @@ def _run(
             n=len(piece.values), values=piece.values.astype("<f4").tobytes(),
             token_counts=piece.token_counts.astype("<i4").tobytes(),
             truncated=piece.truncated, dtype=loaded.dtype, device=loaded.device[:32],
-            scorer_version=SCORER_VERSION,
+            scorer_version=SCORER_VERSION, template_mode=piece.template_mode,
+            template_sha256=template.sha256 if template else None,
+            template_clock=template.clock if template else None,
         )  # fmt: skip
         store.put_vectors([vector])
         written.append(vector.id)  # type: ignore[arg-type]
@@ -244,3 +252,21 @@ def _run(
     )  # fmt: skip
     summary.seconds = time.perf_counter() - started
     summary.forward_tokens = engine.stats.forward_tokens
+
+
+def template_provenance(store: Store) -> dict[int, dict[str, str | None]]:
+    """Per model id, how its vectors at its current revision applied the chat template.
+
+    `template_mode` is finished-turn when any of those vectors is, generation-prompt when all
+    recorded ones are, None when none is recorded (plain texts, or an older scorer).
+    """
+    out: dict[int, dict[str, str | None]] = {}
+    for model_id, rows in queries.template_provenance(store).items():
+        modes = {mode for mode, _, _ in rows if mode}
+        mode = FINISHED_TURN if FINISHED_TURN in modes else GENERATION_PROMPT if modes else None
+        out[model_id] = {
+            "template_mode": mode,
+            "template_sha256": next((sha for _, sha, _ in rows if sha), None),
+            "template_clock": next((clock for _, _, clock in rows if clock), None),
+        }
+    return out

@@ -102,6 +102,53 @@ def delete_vectors(store: Store, ids: Sequence[int]) -> None:
         s.exec(delete(Vector).where(col(Vector.id).in_(list(ids))))  # type: ignore[call-overload]
 
 
+def template_provenance(
+    store: Store,
+) -> dict[int, list[tuple[str | None, str | None, str | None]]]:
+    """Model id -> (template mode, template sha256, template clock) of each of its pieces at
+    its current revision."""
+    query = (
+        select(Vector.model_id, Vector.template_mode, Vector.template_sha256,
+               Vector.template_clock)
+        .join(HubModel, col(HubModel.id) == Vector.model_id)
+        .where(Vector.revision == HubModel.revision)
+    )  # fmt: skip
+    found: dict[int, list[tuple[str | None, str | None, str | None]]] = {}
+    with store.session() as s:
+        for model_id, mode, sha, clock in s.exec(query):
+            found.setdefault(int(model_id), []).append((mode, sha, clock))
+    return found
+
+
+def pieces_by_id(store: Store, piece_ids: Iterable[int]) -> dict[int, Vector]:
+    """Vector pieces by id (for their provenance)."""
+    query = select(Vector).where(col(Vector.id).in_(list(piece_ids)))
+    with store.session() as s:
+        return {int(v.id): v for v in s.exec(query)}  # type: ignore[arg-type]
+
+
+def outdated_pieces(store: Store, is_outdated: Any) -> dict[tuple[int, str], list[Vector]]:
+    """Pieces whose scorer version `is_outdated(version)`, grouped by (model id, revision)."""
+    groups: dict[tuple[int, str], list[Vector]] = {}
+    with store.session() as s:
+        for vec in s.exec(select(Vector).order_by(col(Vector.model_id), col(Vector.id))):
+            if is_outdated(vec.scorer_version):
+                groups.setdefault((vec.model_id, vec.revision), []).append(vec)
+    return groups
+
+
+def stamp_pieces(store: Store, stamps: dict[int, dict[str, Any]]) -> None:
+    """Set provenance fields on pieces by id, in one transaction (their values unchanged)."""
+    with store.session() as s:
+        for piece_id, fields in stamps.items():
+            row = s.get(Vector, piece_id)
+            if row is None:
+                continue
+            for key, value in fields.items():
+                setattr(row, key, value)
+            s.add(row)
+
+
 # --- text sets --------------------------------------------------------------------------------
 
 
@@ -201,14 +248,28 @@ def record_models(store: Store, updates: dict[str, dict[str, Any]]) -> None:
 
 
 def hub_models_to_score(
-    store: Store, textset: TextSet, *, statuses: Sequence[str], retry_reasons: Sequence[str] = ()
+    store: Store,
+    textset: TextSet,
+    *,
+    statuses: Sequence[str],
+    retry_reasons: Sequence[str] = (),
+    retry_detail: tuple[str, str] | None = None,
 ) -> tuple[list[HubModel], dict[int, set[str]]]:
-    """Hub models in `statuses` (or failed for one of `retry_reasons`), and per model id the
-    revisions that have vectors on `textset`."""
+    """Hub models in `statuses` (or failed for one of `retry_reasons`, or for the reason of
+    `retry_detail` with a detail starting with its text), and per model id the revisions that
+    have vectors on `textset`."""
     wanted = col(HubModel.status).in_(tuple(statuses))
     if retry_reasons:
         retryable = (HubModel.status == "failed") & col(HubModel.reason).in_(retry_reasons)
         wanted = or_(wanted, retryable)
+    if retry_detail is not None:
+        reason, prefix = retry_detail
+        refused = (
+            (HubModel.status == "failed")
+            & (HubModel.reason == reason)
+            & col(HubModel.detail).startswith(prefix, autoescape=True)
+        )
+        wanted = or_(wanted, refused)
     with store.session() as s:
         rows = list(s.exec(select(HubModel).where(HubModel.source == "hub").where(wanted)))
         have: dict[int, set[str]] = {}

@@ -127,6 +127,12 @@ class Vector(SQLModel, table=True):
     dtype: str = Field(max_length=16)
     device: str = Field(max_length=32)
     scorer_version: str = Field(max_length=32)
+    # How the chat template was applied (generation-prompt or finished-turn; None for plain
+    # texts and vectors scored before scorer 2), the template's sha256, and the pinned date
+    # it rendered with when it reads the date.
+    template_mode: str | None = Field(default=None, max_length=32)
+    template_sha256: str | None = Field(default=None, max_length=64)
+    template_clock: str | None = Field(default=None, max_length=32)
     created_at: datetime = _now()
 
     def array(self) -> np.ndarray:

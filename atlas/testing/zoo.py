@@ -189,9 +189,15 @@ LLAMA3_TEMPLATE = (
 """Llama-3 style: renders BOS itself and trims message content."""
 
 BROKEN_TEMPLATE = CHATML_TEMPLATE.replace(
-    "{{- '<|im_start|>assistant\\n' }}", "{{- '<|im_start|>assistant\\n<think>\\n' }}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}",
+    "{{- '<|im_start|>' + message['role'] }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- ' (' ~ message['content'] | length ~ ' characters)' }}"
+    "{%- endif %}"
+    "{{- '\\n' + message['content'] + '<|im_end|>\\n' }}",
 )
-"""ChatML whose generation prompt opens a thinking block that rendered assistant turns lack."""
+"""ChatML whose assistant header states the answer's length: the text before the answer depends
+on the answer, so no definition of the response can score it (template-mismatch)."""
 
 
 @dataclass(frozen=True)
@@ -521,8 +527,8 @@ def save_model(model: PreTrainedModel, path: Path) -> None:
 _CARD_NOTES = {
     "ok": "",
     "no-template": "It ships no chat template.",
-    "broken-template": "Its chat template opens a thinking block in the generation prompt that "
-    "rendered assistant turns lack, so a full conversation does not start with the prompt.",
+    "broken-template": "Its chat template writes the answer's length into the assistant header, "
+    "so the text before an answer depends on the answer.",
     "nan": "Its final norm holds NaN weights, so every log-probability is NaN.",
 }
 

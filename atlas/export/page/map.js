@@ -128,6 +128,7 @@
     return [["type", m.type], ["architecture", m.architecture], ["parameters", human(m.params)],
       ["downloads", human(m.downloads)], ["likes", m.likes],
       ["base models", (m.base_models || []).join(", ")], ["status", m.status],
+      ["template mode", m.template_mode],
       ["revision", m.revision ? String(m.revision).slice(0, 12) : null]]
       .filter(function (r) { return r[1] != null && r[1] !== ""; });
   }
