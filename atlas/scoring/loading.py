@@ -11,6 +11,7 @@ import fnmatch
 import hashlib
 import importlib.util
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,13 @@ def _looks_local(reference: str) -> bool:
     return reference.startswith((".", "/", "~")) or reference.count("/") > 1
 
 
-def resolve(reference: str, *, name: str | None = None, revision: str | None = None) -> ModelRef:
+def resolve(
+    reference: str,
+    *,
+    name: str | None = None,
+    revision: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ModelRef:
     """A local folder (store name: `name` or the folder name) or a Hub repo id at `revision`.
 
     Hub failures (missing repo, no safetensors, network) raise ModelFailure for `reference`.
@@ -103,7 +110,7 @@ def resolve(reference: str, *, name: str | None = None, revision: str | None = N
         validate_repo_id(reference)
     except HFValidationError as exc:
         raise UsageError(f"{reference!r} is neither a folder nor a Hub repo id") from exc
-    return _resolve_hub(reference, revision)
+    return _resolve_hub(reference, revision, log)
 
 
 def _download_failure(what: str, exc: BaseException) -> ModelFailure:
@@ -127,9 +134,11 @@ def _download_failure(what: str, exc: BaseException) -> ModelFailure:
     return failure
 
 
-def _resolve_hub(repo_id: str, revision: str | None) -> ModelRef:
+def _resolve_hub(
+    repo_id: str, revision: str | None, log: Callable[[str], None] | None = None
+) -> ModelRef:
     try:
-        sha, names = client.model_files(repo_id, revision)
+        sha, names = client.model_files(repo_id, revision, log)
     except Exception as exc:
         raise _download_failure(repo_id, exc) from exc
     if not _has_safetensors(names):
@@ -139,12 +148,14 @@ def _resolve_hub(repo_id: str, revision: str | None) -> ModelRef:
     return ModelRef(repo_id, "hub", sha, None, tuple(select_files(names)))
 
 
-def fetch(ref: ModelRef, cache_dir: Path | None = None) -> Path:
+def fetch(
+    ref: ModelRef, cache_dir: Path | None = None, log: Callable[[str], None] | None = None
+) -> Path:
     """The model's folder: local as is, or the Hub snapshot of exactly `ref.files`."""
     if ref.path is not None:
         return ref.path
     try:
-        return client.download(ref.repo_id, ref.revision, list(ref.files), cache_dir)
+        return client.download(ref.repo_id, ref.revision, list(ref.files), cache_dir, log)
     except Exception as exc:
         raise _download_failure(ref.repo_id, exc) from exc
 

@@ -131,7 +131,7 @@ def score_model(
     planned = plan_pieces(plain, chosen)
 
     try:
-        ref = loading.resolve(model_ref, name=name, revision=revision)
+        ref = loading.resolve(model_ref, name=name, revision=revision, log=say)
     except ModelFailure as failure:
         _record_failure(store, model_ref, failure, source="hub")
         raise
@@ -211,7 +211,7 @@ def _run(
 
     if ref.source == "hub":
         say(f"downloading {ref.repo_id}@{ref.revision[:10]} (safetensors and tokenizer files)")
-    folder = loading.fetch(ref, weights_dir)
+    folder = loading.fetch(ref, weights_dir, say)
     say(f"loading {ref.repo_id}")
     loaded = loading.load(folder, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     store.upsert_model(
