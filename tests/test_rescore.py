@@ -31,7 +31,15 @@ LLAMA32 = (TEMPLATES / "meta-llama-Llama-3.2-3B-Instruct.jinja").read_text(encod
 
 @pytest.fixture
 def atlas_db(db_url):
+    """An Atlas on SQLite and on Postgres (the rescore queries), with a pair set `mini`."""
     with Atlas(db_url) as a:
+        import_items(a.store, "mini", read_items(sample_path())[::50])
+        yield a
+
+
+@pytest.fixture
+def atlas_sqlite(tmp_path):
+    with Atlas(f"sqlite:///{tmp_path / 'store.db'}") as a:
         import_items(a.store, "mini", read_items(sample_path())[::50])
         yield a
 
@@ -70,12 +78,13 @@ def _make_outdated(a: Atlas, repo_id: str, shift: float) -> None:
             s.add(row)
 
 
-def test_vectors_record_the_template_mode_sha_and_clock(atlas_db, zoo_by_name, tmp_path, cli):
+def test_vectors_record_the_template_mode_sha_and_clock(atlas_sqlite, zoo_by_name, tmp_path, cli):
+    atlas_db = atlas_sqlite
     plain = zoo_by_name["atlas-zoo/llama-chat-a"].path
     r1 = _with_template(plain, tmp_path / "r1-style", R1)
     dated = _with_template(plain, tmp_path / "dated", LLAMA32)
     for folder in (plain, r1, dated):
-        atlas_db.score(folder, "mini", variants="base", progress=False)
+        atlas_db.score(folder, "mini", variants="base")
     got = {name: _vectors(atlas_db, name) for name in ("llama-chat-a", "r1-style", "dated")}
     zoo_sha = hashlib.sha256(zoo.LLAMA3_TEMPLATE.encode()).hexdigest()
     for name, mode, sha, clock in (
@@ -109,9 +118,9 @@ def test_rescore_outdated_recomputes_only_what_changes(
     with LocalHub([RepoSpec(r, f) for r, f in repos.items()]) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         for repo in repos:
-            atlas_db.score(repo, "mini", variants="base", progress=False)
+            atlas_db.score(repo, "mini", variants="base")
         atlas_db.score(zoo_by_name["atlas-zoo/llama-chat-a"].path, "mini", variants="base",
-                       progress=False)  # fmt: skip
+                       )  # fmt: skip
         for repo in [*repos, "llama-chat-a"]:
             _make_outdated(atlas_db, repo, shift=-1.0)
         before = {repo: _vectors(atlas_db, repo) for repo in [*repos, "llama-chat-a"]}
@@ -155,7 +164,7 @@ def test_sync_rescore_outdated_from_the_cli(cli, tmp_path, zoo_by_name, monkeypa
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         with Atlas(url) as a:
             import_items(a.store, "mini", read_items(sample_path())[::50])
-            a.score("org/r1-style", "mini", variants="base", progress=False)
+            a.score("org/r1-style", "mini", variants="base")
             _make_outdated(a, "org/r1-style", shift=-1.0)
         result = cli("--db", url, "sync", "--textset", "mini", "--min-downloads", "0",
                      "--rescore-outdated", "--json")  # fmt: skip
