@@ -119,8 +119,7 @@ def test_rescore_outdated_recomputes_only_what_changes(
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         for repo in repos:
             atlas_db.score(repo, "mini", variants="base")
-        atlas_db.score(zoo_by_name["atlas-zoo/llama-chat-a"].path, "mini", variants="base",
-                       )  # fmt: skip
+        atlas_db.score(zoo_by_name["atlas-zoo/llama-chat-a"].path, "mini", variants="base")
         for repo in [*repos, "llama-chat-a"]:
             _make_outdated(atlas_db, repo, shift=-1.0)
         before = {repo: _vectors(atlas_db, repo) for repo in [*repos, "llama-chat-a"]}
@@ -202,7 +201,7 @@ def test_export_shows_the_template_mode(cli, tmp_path):
     for i, mode in enumerate(modes):
         assert got[f"org/m{i}"]["mode"] == mode
         assert got[f"org/m{i}"]["sha256"] == ("ab" * 32 if mode else None)
-    from atlas import export
+    from atlas.export import snapshot as export
 
     assert ("template_mode", "template mode") in export.COLOUR_ATTRIBUTES
     page = (out / "map.html").read_text()
