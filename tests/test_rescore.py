@@ -31,7 +31,15 @@ LLAMA32 = (TEMPLATES / "meta-llama-Llama-3.2-3B-Instruct.jinja").read_text(encod
 
 @pytest.fixture
 def atlas_db(db_url):
+    """An Atlas on SQLite and on Postgres (the rescore queries), with a pair set `mini`."""
     with Atlas(db_url) as a:
+        import_items(a.store, "mini", read_items(sample_path())[::50])
+        yield a
+
+
+@pytest.fixture
+def atlas_sqlite(tmp_path):
+    with Atlas(f"sqlite:///{tmp_path / 'store.db'}") as a:
         import_items(a.store, "mini", read_items(sample_path())[::50])
         yield a
 
@@ -70,7 +78,8 @@ def _make_outdated(a: Atlas, repo_id: str, shift: float) -> None:
             s.add(row)
 
 
-def test_vectors_record_the_template_mode_sha_and_clock(atlas_db, zoo_by_name, tmp_path, cli):
+def test_vectors_record_the_template_mode_sha_and_clock(atlas_sqlite, zoo_by_name, tmp_path, cli):
+    atlas_db = atlas_sqlite
     plain = zoo_by_name["atlas-zoo/llama-chat-a"].path
     r1 = _with_template(plain, tmp_path / "r1-style", R1)
     dated = _with_template(plain, tmp_path / "dated", LLAMA32)
@@ -192,7 +201,7 @@ def test_export_shows_the_template_mode(cli, tmp_path):
     for i, mode in enumerate(modes):
         assert got[f"org/m{i}"]["mode"] == mode
         assert got[f"org/m{i}"]["sha256"] == ("ab" * 32 if mode else None)
-    from atlas import export
+    from atlas.export import snapshot as export
 
     assert ("template_mode", "template mode") in export.COLOUR_ATTRIBUTES
     page = (out / "map.html").read_text()
