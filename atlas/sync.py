@@ -280,7 +280,7 @@ def sync(
     if options.enqueue and options.rescore_outdated:
         raise UsageError(
             "--rescore-outdated runs in the sync process: give it without --enqueue",
-            hint="workers score what is queued; `atlas sync --rescore-outdated` updates old vectors",
+            hint="workers score what is queued; `atlas sync --rescore-outdated` updates the rest",
         )
     if options.enqueue and not options.dry_run:
         ensure_queue_schema(store)  # refuses SQLite before anything is written
