@@ -18,6 +18,9 @@ from atlas.analyses.shift import ShiftResult
 from atlas.errors import UsageError
 from atlas.export import snapshot as export_snapshot
 from atlas.hub import datasets
+from atlas.queue import ensure_queue_schema
+from atlas.queue.status import QueueStatus, queue_status, summary_line
+from atlas.queue.worker import WorkerOptions, run_worker
 from atlas.scoring import rescore
 from atlas.scoring.rescore import RescoreSummary
 from atlas.scoring.service import ScoreSummary, score_model, template_provenance
@@ -221,6 +224,21 @@ class Atlas:
         """Bring the nearest-neighbour indexes up to date with the store (new models added)."""
         return index.refresh_indexes(self.store, self.settings, textset)
 
+    # --- the scoring fleet (Postgres) ---------------------------------------------------
+    def upgrade_queue(self) -> str:
+        """Create or migrate the queue's tables (procrastinate's schema); idempotent."""
+        return ensure_queue_schema(self.store)
+
+    def run_worker(
+        self, options: WorkerOptions | None = None, *, say: Callable[[str], None] | None = None
+    ) -> int:
+        """Run one queue worker in this process until stopped; returns its exit code."""
+        return run_worker(self.store, self.settings, options or WorkerOptions(), say)
+
+    def queue_status(self, limit: int = 200) -> QueueStatus:
+        """Jobs by state, the newest `limit` jobs, and the live workers."""
+        return queue_status(self.store, self.settings, limit=limit)
+
     # --- models and status --------------------------------------------------------------
     def models(self, status: str | None = None) -> list[HubModel]:
         if status is not None and status not in MODEL_STATUSES:
@@ -250,6 +268,7 @@ class Atlas:
                 "status": last.status,
                 "counts": last.counts,
             },
+            "queue": summary_line(self.store, self.settings),
         }
 
     # --- analyses (PMI, prompt shift, KL validation, prediction, lineage) ----------------

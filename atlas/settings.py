@@ -69,6 +69,24 @@ class Settings:
             raise UsageError(f"ATLAS_INDEX_MODE must be auto, exact or pca, not {value!r}")
         return value
 
+    @property
+    def stalled_after(self) -> float:
+        """`ATLAS_STALLED_AFTER` (default 300): seconds without a worker heartbeat before its
+        queue job counts as stalled and is retried elsewhere."""
+        return _positive("ATLAS_STALLED_AFTER", 300.0)
+
+    @property
+    def max_interrupts(self) -> int:
+        """`ATLAS_MAX_INTERRUPTS` (default 3): a queued model whose scoring was cut off (its
+        worker killed) this many times fails with reason `interrupted`."""
+        return int(_positive("ATLAS_MAX_INTERRUPTS", 3.0))
+
+    @property
+    def retry_wait(self) -> float:
+        """`ATLAS_RETRY_WAIT` (default 5): a queue job that failed for a passing reason waits
+        this many seconds before its first retry, then its square, cube, ... (exponential)."""
+        return _positive("ATLAS_RETRY_WAIT", 5.0)
+
 
 def redact_url(url: str) -> str:
     """Hide a password in a database URL before it is printed."""
@@ -100,3 +118,16 @@ def hf_timeout(default: float) -> float:
         return float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or default)
     except ValueError:
         return default
+
+
+def _positive(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        from atlas.errors import UsageError
+
+        raise UsageError(f"{name} must be a positive number, not {raw!r}")
+    return value

@@ -22,6 +22,8 @@ from atlas import textsets
 from atlas.errors import AtlasError, ModelFailure, UsageError
 from atlas.hub import client, discovery
 from atlas.hub.discovery import Filters
+from atlas.queue import ensure_queue_schema, require_queue
+from atlas.queue.enqueue import enqueue_models
 from atlas.scoring import rescore, service
 from atlas.settings import Settings
 from atlas.space import index, maps
@@ -51,6 +53,7 @@ class SyncOptions:
     retry_failed: bool = False
     full: bool = False
     rescore_outdated: bool = False
+    enqueue: bool = False  # put scoring jobs on the Postgres queue instead of scoring here
 
     def with_overrides(self, **overrides: Any) -> SyncOptions:
         """A copy with fields of these options, or of their filters, replaced."""
@@ -81,6 +84,8 @@ class SyncSummary:
     queued: int = 0
     scored: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    enqueued: list[str] = field(default_factory=list)
+    already_queued: int = 0
     remaining: int = 0
     stopped: bool = False
     dry_run: bool = False
@@ -94,7 +99,7 @@ class SyncSummary:
         """True when the Hub had nothing new or changed and the queue was empty."""
         rescored = bool(self.rescore and self.rescore.get("rescored"))
         return not (self.new or self.updated or self.queued or self.scored or self.failed
-                    or rescored)  # fmt: skip
+                    or self.enqueued or rescored)  # fmt: skip
 
     def counts(self) -> dict[str, Any]:
         """The numbers, as stored in the SyncRun row."""
@@ -109,6 +114,7 @@ class SyncSummary:
             "queued": self.queued,
             "scored": len(self.scored),
             "failed": len(self.failed),
+            "enqueued": len(self.enqueued),
             "remaining": self.remaining,
         }
 
@@ -118,6 +124,8 @@ class SyncSummary:
             **self.counts(),
             "scored_models": list(self.scored),
             "failed_models": dict(self.failed),
+            "enqueued_models": list(self.enqueued),
+            "already_queued": self.already_queued,
             "stopped": self.stopped,
             "dry_run": self.dry_run,
             "would_score": list(self.would_score),
@@ -139,6 +147,11 @@ class SyncSummary:
         )
         if self.dry_run:
             return line + f"would score {len(self.would_score)}"
+        if self.enqueued or self.already_queued:
+            line += f"enqueued {len(self.enqueued)} scoring job(s)"
+            if self.already_queued:
+                line += f", {self.already_queued} already waiting or running"
+            return line
         line += f"scored {len(self.scored)}, failed {len(self.failed)}"
         if self.remaining:
             line += f", {self.remaining} left in the queue"
@@ -264,6 +277,15 @@ def sync(
     options = options or SyncOptions()
     settings = settings or Settings.from_env()
     say = progress or (lambda _msg: None)
+    if options.enqueue and options.rescore_outdated:
+        raise UsageError(
+            "--rescore-outdated runs in the sync process: give it without --enqueue",
+            hint="workers score what is queued; `atlas sync --rescore-outdated` updates the rest",
+        )
+    if options.enqueue and not options.dry_run:
+        ensure_queue_schema(store)  # refuses SQLite before anything is written
+    elif options.enqueue:
+        require_queue(store)
     if options.dry_run:
         return _run(store, options, settings, stop, say, api, run_id=None)
     with store_lock(store, "sync", settings):
@@ -328,6 +350,13 @@ def _run(
         summary.remaining = max(len(queue) - options.limit, 0)
         queue = queue[: options.limit]
     summary.queued = len(queue)
+    if options.enqueue:
+        done = enqueue_models(store, queue, textset, options)
+        summary.enqueued, summary.already_queued = done.enqueued, len(done.already)
+        summary.queued = len(done.enqueued)
+        say(f"enqueued {len(done.enqueued)} scoring job(s); {len(done.already)} already queued")
+        summary.seconds = time.monotonic() - started
+        return summary
     for i, model in enumerate(queue, start=1):
         if stop is not None and stop.is_set():
             summary.stopped = True
@@ -335,7 +364,7 @@ def _run(
             say("stop requested: leaving the rest of the queue for the next sync")
             break
         say(f"[{i}/{len(queue)}] {model.repo_id}@{(model.revision or '?')[:12]}")
-        status, reason = _process(store, model, textset, options, settings, say)
+        status, reason = process_model(store, model, textset, options, settings, say)
         if status == "scored":
             summary.scored.append(model.repo_id)
         else:
@@ -358,17 +387,22 @@ def _run(
     return summary
 
 
-def _process(
+def process_model(
     store: Store,
     model: HubModel,
     textset: TextSet,
     options: SyncOptions,
     settings: Settings,
     say: Progress,
+    *,
+    max_attempts: int = MAX_ATTEMPTS,
 ) -> tuple[str, str | None]:
-    """Download, score and record one model; returns its final (status, reason)."""
+    """Download, score and record one model; returns its final (status, reason).
+
+    Used by `atlas sync` and by queue workers (`atlas.queue.tasks`).
+    """
     repo = model.repo_id
-    if model.status == "scoring" and model.attempts >= MAX_ATTEMPTS:
+    if model.status == "scoring" and model.attempts >= max_attempts:
         detail = f"scoring was cut off {model.attempts} times (killed, or out of memory?)"
         store.set_status(repo, "failed", "interrupted", detail)
         say(f"  failed: interrupted ({detail})")

@@ -13,6 +13,11 @@ config = context.config
 target_metadata = SQLModel.metadata
 
 
+def _include_object(obj, name, type_, reflected, compare_to) -> bool:  # type: ignore[no-untyped-def]
+    """procrastinate's tables (the queue) share a Postgres database but are not atlas's."""
+    return not (type_ == "table" and reflected and str(name).startswith("procrastinate_"))
+
+
 def _url() -> str:
     return config.get_main_option("sqlalchemy.url") or Settings.from_env().url
 
@@ -48,6 +53,7 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
         target_metadata=target_metadata,
         compare_type=True,
         render_as_batch=connection.dialect.name == "sqlite",
+        include_object=_include_object,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -42,6 +42,7 @@ _COMMAND_MODULES = (
     "atlas.cli.export",
     "atlas.cli.analyze",
     "atlas.cli.nearest",
+    "atlas.cli.worker",
 )
 
 for _name in _COMMAND_MODULES:

@@ -15,11 +15,13 @@ def register(app: typer.Typer) -> None:
 
     @group.command("upgrade")
     def upgrade(ctx: typer.Context) -> None:
-        """Migrate the database to the newest schema (commands also do this on first use)."""
+        """Migrate the database to the newest schema, and on Postgres the queue's tables."""
         obj = ctx_obj(ctx)
         ran = Atlas.upgrade_db(obj.db_url)
-        revision = obj.atlas().schema_revision()
-        obj.info(f"{'migrated' if ran else 'already at'} revision {revision}")
+        atlas = obj.atlas()
+        obj.info(f"{'migrated' if ran else 'already at'} revision {atlas.schema_revision()}")
+        if atlas.store.dialect == "postgresql":
+            obj.info(f"queue schema (procrastinate): {atlas.upgrade_queue()}")
 
     @group.command("current")
     def current(ctx: typer.Context) -> None:

@@ -57,6 +57,8 @@ def register(app: typer.Typer) -> None:
         out_console.print(f"models:   {counts}")
         sets = ", ".join(f"{t['name']} ({t['kind']}, {t['size']})" for t in info["textsets"])
         out_console.print(f"textsets: {sets or '-'}")
+        if info.get("queue"):
+            out_console.print(f"queue:    {info['queue']}")
         last = info["last_sync"]
         if last is None:
             out_console.print("last sync: never")

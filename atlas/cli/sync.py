@@ -36,6 +36,11 @@ _DEVICE = typer.Option(None, "--device", help="Torch device (default: best found
 _KEEP_WEIGHTS = typer.Option(
     False, "--keep-weights", help="Keep downloaded weights under ATLAS_HOME/weights."
 )
+_ENQUEUE = typer.Option(
+    False,
+    "--enqueue",
+    help="Put scoring jobs on the Postgres queue for `atlas worker`s instead of scoring here.",
+)
 
 
 def _parse_count(text: str | None) -> int | None:
@@ -108,6 +113,7 @@ def register(app: typer.Typer) -> None:
             "--hub-prefilter",
             help="Let the Hub drop models over --max-params (they are then not recorded).",
         ),
+        enqueue: bool = _ENQUEUE,
         json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Poll the Hub, score new models, refresh the index and maps; safe to run from cron."""
@@ -130,6 +136,7 @@ def register(app: typer.Typer) -> None:
             retry_failed=retry_failed,
             full=full,
             rescore_outdated=rescore_outdated,
+            enqueue=enqueue,
         )
         stop = threading.Event()
         with stop_on_signals(stop, obj.info):
@@ -156,6 +163,7 @@ def register(app: typer.Typer) -> None:
         ),
         device: str = _DEVICE,
         keep_weights: bool = _KEEP_WEIGHTS,
+        enqueue: bool = _ENQUEUE,
     ) -> None:
         """Run sync on a cron schedule in the foreground; SIGTERM stops after the current model."""
 
@@ -165,9 +173,14 @@ def register(app: typer.Typer) -> None:
             max_params=_parse_count(max_params) or DEFAULT_MAX_PARAMS,
         )
         options = SyncOptions(
-            textset=textset, filters=filters, limit=limit, device=device, keep_weights=keep_weights
-        )
+            textset=textset, filters=filters, limit=limit, device=device,
+            keep_weights=keep_weights, enqueue=enqueue,
+        )  # fmt: skip
         atlas = obj.atlas()
+        if enqueue:
+            from atlas.queue import require_queue
+
+            require_queue(atlas.store)
 
         def job(stop):  # type: ignore[no-untyped-def]
             summary = atlas.sync(options, stop=stop, progress=obj.info)
@@ -186,4 +199,7 @@ def _render(summary: SyncSummary) -> None:
         table.add_row(label, value)
     if summary.dry_run:
         table.add_row("would score", ", ".join(summary.would_score) or "-")
+    if summary.enqueued or summary.already_queued:
+        table.add_row("enqueued", f"{len(summary.enqueued)}: {', '.join(summary.enqueued) or '-'}")
+        table.add_row("already queued", str(summary.already_queued))
     out_console.print(table)
