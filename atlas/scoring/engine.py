@@ -555,7 +555,8 @@ def score_items(
     """Score items (pairs or plain texts) for each (variant, kind) piece; no store involved.
 
     Every request is built (and every template checked) before the first forward pass, so a
-    template failure costs no compute. `on_piece` sees each piece as soon as it is finished.
+    template failure costs no compute. `on_piece` sees each piece when it is finished (all at
+    once when the pieces share prefixes).
     """
     plain = is_plain(items)
     todo = list(pieces) if pieces is not None else plan_pieces(plain, variants)

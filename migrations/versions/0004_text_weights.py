@@ -1,7 +1,7 @@
 """text weights: resampled text sets (weights, source index, parent) and sliced vectors
 
 Revision ID: 0004_text_weights
-Revises: 0001
+Revises: 0002_template_mode
 Create Date: 2026-12-02 04:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004_text_weights"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002_template_mode"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
