@@ -215,7 +215,8 @@ def slice_vectors(store: Store, textset: TextSet) -> int:
                     n=len(index), values=v.array()[index].astype("<f4").tobytes(),
                     token_counts=None if counts is None else counts[index].astype("<i4").tobytes(),
                     truncated=min(v.truncated, len(index)), dtype=v.dtype, device=v.device,
-                    scorer_version=v.scorer_version, derived_from=v.id,
+                    scorer_version=v.scorer_version, template_mode=v.template_mode,
+                    derived_from=v.id,
             )  # fmt: skip
             s.add(sliced)
             have.add((v.model_id, v.revision, v.variant, v.kind))

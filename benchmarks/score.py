@@ -227,7 +227,7 @@ def flops(model: Any, pieces: list[list[Request]], shared: bool) -> dict[str, fl
     if shared:
         trees = build_trees(list(unique), list(unique.values()), budget=10**9)
         tokens = sum(len(t) for t in trees)
-        keys = sum(int(t.mask().sum()) for t in trees)
+        keys = sum(sum(t.positions) + len(t) for t in trees)  # a token sees its ancestors
     else:
         tokens = sum(len(ids) for ids, _ in unique)
         keys = sum(len(ids) * (len(ids) + 1) // 2 for ids, _ in unique)

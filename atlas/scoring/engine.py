@@ -224,9 +224,16 @@ class Scorer:
             self.stats.head = "scored-positions" if self._split_head else "full-logits"
         self.stats.unshared_tokens += sum(len(ids) for ids, _ in keys)
         shared = groups is not None and self.share_prefixes and bool(keys)
+        sums = None
         if shared and self._tree_check(keys, key_group):
-            sums = self._score_trees(keys, key_group, weight, progress)
-        else:
+            try:
+                sums = self._score_trees(keys, key_group, weight, progress)
+            except ModelFailure as exc:
+                if exc.reason != "out-of-memory":
+                    raise
+                # One tree does not fit where its requests alone may: score them alone.
+                self._trees_ok, self.stats.shared = False, "off (out-of-memory)"
+        if sums is None:
             sums = self._score_rows(keys, weight, progress)
         out = np.zeros(len(owners), dtype=np.float64)
         out[owner >= 0] = sums[owner[owner >= 0]]
