@@ -76,6 +76,14 @@ class Atlas:
         """A text set and its items."""
         return textsets.load_items(self.store, name)
 
+    def resample_textset(
+        self, source: str, *, n: int, name: str, method: str = "variance", seed: int = 0
+    ) -> Any:
+        """K weighted draws of a scored text set (Oyama et al. 2025a), its vectors sliced."""
+        from atlas.resample import resample
+
+        return resample(self.store, source, n=n, name=name, method=method, seed=seed)
+
     def ensure_sample(self) -> TextSet:
         """The packaged sample text set, imported as `sample` on first use."""
         return textsets.ensure_sample(self.store)

@@ -1,6 +1,6 @@
 """Benchmark the scorer against the two loops it replaces, on the same model and pairs.
 
-- atlas: `atlas.scorer` (length-sorted token-budget batches, head on scored positions only,
+- atlas: `atlas.scoring.engine` (length-sorted token-budget batches, head on scored positions only,
   float32 logsumexp, float64 sums);
 - batch-1 loop, like the authors' released calculator: one text per forward pass, a
   full-vocabulary log_softmax over every position;
@@ -16,7 +16,13 @@ the zoo's Llama-3-style tokenizer. With CUDA, it also builds Llama-3.1-8B and Qw
 from their configs in bfloat16 and reports model FLOPs utilisation: 2 x parameters (all but the
 input embedding) x tokens/s / the bf16 matmul peak measured on the card.
 
-    python benchmarks/score.py              # CPU run (about 1-2 minutes on 2 cores)
+Shared prefixes: it also scores all four prompt variants and the unconditional piece of the
+sample pairs, and of a synthetic set shaped like tulu-3 (long responses), three ways: each
+request alone, as prefix trees one per row (padded), and as prefix trees packed several per
+row (a document mask); it prints tokens and FLOPs through the model, wall time, and the largest
+difference from scoring each request alone.
+
+    python benchmarks/score.py              # CPU run (several minutes on 2 cores)
     python benchmarks/score.py --quick      # a smoke run in seconds
     python benchmarks/score.py --gpu-only   # only the CUDA shapes
 """
@@ -37,10 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from atlas.scoring.engine import Scorer
+from atlas.scoring.engine import Scorer, score_items
+from atlas.scoring.prefixes import build_trees
 from atlas.scoring.templates import Request, build_requests
 from atlas.testing import zoo
-from atlas.textsets import read_items, sample_path
+from atlas.textsets import Item, read_items, sample_path
 
 GPU_SHAPES: dict[str, dict[str, Any]] = {
     "Llama-3.1-8B": dict(
@@ -196,6 +203,96 @@ def cpu_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
+def tulu_shaped(n: int, seed: int = 0) -> list[Item]:
+    """Pairs shaped like tulu-3 SFT: prompts of ~120 words, responses of ~400 (long tail)."""
+    words = " ".join(f"{it.prompt} {it.response}" for it in read_items(sample_path())).split()
+    rng = np.random.default_rng(seed)
+
+    def text(median: float, cap: int) -> str:
+        k = int(min(cap, max(4, rng.lognormal(np.log(median), 0.8))))
+        at = int(rng.integers(0, len(words) - k))
+        return " ".join(words[at : at + k])
+
+    return [Item(prompt=text(120, 1500), response=text(400, 2500)) for _ in range(n)]
+
+
+def flops(model: Any, pieces: list[list[Request]], shared: bool) -> dict[str, float]:
+    """Tokens through the model and useful FLOPs: 2 x params x tokens + attention (4 d L keys)."""
+    flat = [(r.ids, r.start) for reqs in pieces for r in reqs]
+    groups = [i for reqs in pieces for i in range(len(reqs))]
+    unique = dict(zip(flat, groups, strict=True))  # first group wins, as in the engine
+    text = model.config
+    embedding = model.get_input_embeddings().weight.numel()
+    counted = sum(p.numel() for p in model.parameters()) - embedding
+    if shared:
+        trees = build_trees(list(unique), list(unique.values()), budget=10**9)
+        tokens = sum(len(t) for t in trees)
+        keys = sum(sum(t.positions) + len(t) for t in trees)  # a token sees its ancestors
+    else:
+        tokens = sum(len(ids) for ids, _ in unique)
+        keys = sum(len(ids) * (len(ids) + 1) // 2 for ids, _ in unique)
+    attention = 4 * text.num_hidden_layers * text.hidden_size * keys
+    return {"tokens": tokens, "flops": 2 * counted * tokens + attention}
+
+
+def prefix_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """All pieces of the sample and a tulu-shaped set: alone vs prefix trees (padded, packed)."""
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        zoo.build_tokenizer(Path(tmp), "llama3")
+        tokenizer = AutoTokenizer.from_pretrained(tmp)
+    model = cpu_model(args.hidden, args.layers, args.vocab)
+    model.config.max_position_embeddings = 8192
+    # A prefix tree is cut at the batch budget: long pairs need a budget of several requests.
+    sets = [("sample", read_items(sample_path())[: args.items], args.items, args.batch_tokens),
+            ("tulu-shaped", tulu_shaped(args.tulu_items), args.tulu_timed, 8192)]  # fmt: skip
+    pieces = [(v, "conditional") for v in ("base", "cot", "repeat", "repeat+cot")]
+    pieces.append(("base", "unconditional"))
+    results = []
+    for label, items, timed_items, budget in sets:
+        requests = [build_requests(tokenizer, items, kind=k, variant=v) for v, k in pieces]
+        alone, tree = flops(model, requests, False), flops(model, requests, True)
+        row: dict[str, Any] = {
+            "set": label, "pairs": len(items), "tokens_alone": alone["tokens"],
+            "tokens_shared": tree["tokens"], "flops_alone": alone["flops"],
+            "flops_shared": tree["flops"],
+            "flops_saved": 1 - tree["flops"] / alone["flops"],
+        }  # fmt: skip
+        sub = items[:timed_items]
+        runs = {}
+        for name, kwargs in (("alone", {"share_prefixes": False}), ("trees, padded", {}),
+                             ("trees, packed", {"pack": True})):  # fmt: skip
+            engine = Scorer(model, batch_tokens=budget, **kwargs)
+            score_items(model, tokenizer, sub[:2], pieces=pieces, scorer=engine)  # warm-up
+            engine = Scorer(model, batch_tokens=budget, **kwargs)
+            # CPU seconds of this process: less sensitive than wall time to other jobs.
+            start, cpu = time.perf_counter(), time.process_time()
+            got = score_items(model, tokenizer, sub, pieces=pieces, scorer=engine)
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+            runs[name] = (cpu, got, engine.stats.padded_tokens, wall)
+        base = runs["alone"][1]
+        row["timed_pairs"] = len(sub)
+        row["runs"] = {
+            name: {"cpu_seconds": round(secs, 2), "speedup": round(runs["alone"][0] / secs, 2),
+                   "wall_seconds": round(wall, 2), "padded_tokens": padded,
+                   "max_abs_diff": float(max(np.abs(got[k].values - base[k].values).max()
+                                             for k in base))}
+            for name, (secs, got, padded, wall) in runs.items()
+        }  # fmt: skip
+        print(f"\nshared prefixes, {label}: {len(items)} pairs x 5 pieces; tokens "
+              f"{row['tokens_alone']:,} alone, {row['tokens_shared']:,} as prefix trees; FLOPs "
+              f"saved {row['flops_saved']:.1%}")
+        print(f"  CPU time on {len(sub)} pairs ({torch.get_num_threads()} threads, "
+              f"batch budget {budget}):")
+        for name, r in row["runs"].items():
+            print(f"  {name:<16} {r['cpu_seconds']:>8.2f} CPU s ({r['wall_seconds']:.1f} s wall) "
+                  f"{r['speedup']:>5.2f}x  "
+                  f"padded tokens {r['padded_tokens']:>9,}  max |diff| {r['max_abs_diff']:.1e}")
+        results.append(row)
+    return results
+
+
 def bf16_peak(device: torch.device, n: int = 8192, reps: int = 30) -> float:
     """Measured bf16 matmul throughput in FLOP/s."""
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
@@ -264,15 +361,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-only", action="store_true")
     parser.add_argument("--no-small", dest="small", action="store_false",
                         help="skip the small CPU shape (hidden 128, 2 layers)")
+    parser.add_argument("--tulu-items", type=int, default=300, help="tulu-shaped pairs (FLOPs)")
+    parser.add_argument("--tulu-timed", type=int, default=12, help="of them, timed on CPU")
+    parser.add_argument("--no-prefixes", dest="prefixes", action="store_false",
+                        help="skip the shared-prefix comparison")
+    parser.add_argument("--only-prefixes", action="store_true")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args(argv)
     if args.quick:
         args.items, args.hidden, args.layers, args.vocab = 8, 128, 2, 4096
         args.gpu_items, args.gpu_baseline_items = 32, 8
+        args.tulu_items, args.tulu_timed = 8, 2
     results: list[dict[str, Any]] = []
-    if not args.gpu_only:
+    if not args.gpu_only and not args.only_prefixes:
         results.extend(cpu_benchmark(args))
+    if not args.gpu_only and args.prefixes:
+        results.extend(prefix_benchmark(args))
     if torch.cuda.is_available():
         results.extend(gpu_benchmark(args))
     elif args.gpu_only:

@@ -19,7 +19,10 @@ def register(app: typer.Typer) -> None:
             help="Comma list of prompt variants: base,cot,repeat,repeat+cot (default: all four; "
             "plain sets have only base).",
         ),
-        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        device: str = typer.Option(
+            "auto", "--device",
+            help="auto, cpu, cuda, or GPUs to split a model over (cuda:0,cuda:1).",
+        ),
         dtype: str = typer.Option(
             "auto", "--dtype", help="auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16, "
             "float32.",

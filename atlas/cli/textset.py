@@ -53,6 +53,31 @@ def register(app: typer.Typer) -> None:
         verb = "built" if result.created else "already stored (identical content)"
         obj.info(f"{verb}: {t.name} ({t.size} pairs from {t.source}, sha256 {t.sha256[:12]})")
 
+    @group.command("resample")
+    def resample(
+        ctx: typer.Context,
+        source: str = typer.Argument(..., help="A stored (scored) text set."),
+        n: int = typer.Option(..., "--n", min=1, help="Number of draws K (with replacement)."),
+        name: str = typer.Option(..., "--name", help="Name of the new text set."),
+        method: str = typer.Option(
+            "variance", "--method", help="uniform, or variance (∝ variance across models)."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Sampling seed (same seed, same text set)."),
+        json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """Draw K texts of a scored text set with weights 1/sqrt(K pi); slice its vectors."""
+        obj = ctx_obj(ctx)
+        result = obj.atlas().resample_textset(source, n=n, name=name, method=method, seed=seed)
+        t = result.textset
+        if json:
+            print_json({"name": t.name, "size": t.size, "draws": result.draws,
+                        "sha256": t.sha256, "source": t.source, "created": result.created,
+                        "sliced_vectors": result.sliced})  # fmt: skip
+            return
+        verb = "resampled" if result.created else "already stored (identical content)"
+        obj.info(f"{verb}: {t.name} ({t.size} distinct items of {result.draws} draws, "
+                 f"sha256 {t.sha256[:12]}); {result.sliced} vector pieces sliced from {source}")
+
     @group.command("list")
     def list_(
         ctx: typer.Context, json: bool = typer.Option(False, "--json", help="Print JSON.")

@@ -129,10 +129,11 @@ def gather(
     models = [m for _, m in pairs]
     ids = [int(m.id) for m in models]  # type: ignore[arg-type]
     n = ts.size  # type: ignore[union-attr]
-    cond, _ = _aligned(matrices.load(store, ts, snap.variant, "conditional", model_ids=ids), ids, n)
-    uncond, _ = _aligned(matrices.load(store, ts, "base", "unconditional", model_ids=ids), ids, n)
+    raw = {"model_ids": ids, "weighted": False}
+    cond, _ = _aligned(matrices.load(store, ts, snap.variant, "conditional", **raw), ids, n)
+    uncond, _ = _aligned(matrices.load(store, ts, "base", "unconditional", **raw), ids, n)
     if snap.kind == "pmi":
-        own, have = _aligned(matrices.load(store, ts, snap.variant, "pmi", model_ids=ids), ids, n)
+        own, have = _aligned(matrices.load(store, ts, snap.variant, "pmi", **raw), ids, n)
     else:
         own = cond if snap.kind == "conditional" else uncond
         have = ~np.isnan(own).any(axis=1)
@@ -142,7 +143,10 @@ def gather(
         threshold = snap.clip_threshold
         if threshold is None:
             threshold = vectors.clip_threshold(own[kept])
-        Xi = vectors.center(vectors.clip(own[kept], threshold))
+        from atlas.resample import weigh, weights_of
+
+        weighted = weigh(own[kept], weights_of(store, ts))  # type: ignore[arg-type]
+        Xi = vectors.center(vectors.clip(weighted, threshold))
         for local, near in zip(kept, top_neighbours(Xi, neighbours), strict=True):
             found[int(local)] = [(int(kept[j]), kl) for j, kl in near]
     stamps = matrices.stamps(store, ts, snap.variant, snap.kind)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from atlas.errors import ModelFailure, UsageError
+from atlas.scoring.prefixes import Tree, build_trees, pack_rows
 from atlas.scoring.templates import (
     CONDITIONAL,
     NOT_TRUNCATED,
@@ -62,6 +63,9 @@ class ScorerStats:
     scored_tokens: int = 0
     backoffs: int = 0
     head: str = ""
+    shared: str = ""
+    unshared_tokens: int = 0
+    padded_tokens: int = 0
     batch_sizes: list[int] = field(default_factory=list)
 
 
@@ -163,6 +167,8 @@ class Scorer:
         batch_tokens: int | None = None,
         head_chunk_bytes: int | None = None,
         max_rows: int = MAX_ROWS,
+        share_prefixes: bool = True,
+        pack: bool = False,
     ) -> None:
         self.model = model
         self.device = model_device(model)
@@ -176,40 +182,96 @@ class Scorer:
         self.stats = ScorerStats()
         self._split_head: bool | None = None
         self._post = _postprocess(model.config)
+        # Requests of one group (an item's pieces) run as one prefix tree (atlas.prefixes);
+        # `pack` puts several trees in one row (a document mask) instead of one tree per row.
+        self.share_prefixes = share_prefixes
+        self.pack = pack
+        self._trees_ok: bool | None = None
 
     # --- public ---------------------------------------------------------------------------
     def score(
-        self, requests: Sequence[Request], progress: Callable[[int], None] | None = None
+        self,
+        requests: Sequence[Request],
+        progress: Callable[[int], None] | None = None,
+        groups: Sequence[int] | None = None,
     ) -> np.ndarray:
-        """Per-request sums of log p(target | context) over scored tokens, float64."""
-        torch = _torch()
+        """Per-request sums of log p(target | context) over scored tokens, float64.
+
+        Requests with the same `groups` key (one item's prompt variants) share the forward pass
+        of their longest common token prefixes, where the model allows it (see `tree_support`).
+        """
         unique: dict[tuple[tuple[int, ...], int], int] = {}
+        key_group: list[int] = []
         owners: list[int] = []
-        for r in requests:
+        for i, r in enumerate(requests):
             if r.start >= len(r.ids):  # nothing to score (a one-token plain text): 0 nats
                 owners.append(-1)
                 continue
             if r.start < 1:
                 raise UsageError(f"a request's first token cannot be scored ({len(r.ids)} ids)")
-            owners.append(unique.setdefault((r.ids, r.start), len(unique)))
+            key = (r.ids, r.start)
+            if key not in unique:
+                unique[key] = len(unique)
+                key_group.append(i if groups is None else int(groups[i]))
+            owners.append(unique[key])
         owner = np.asarray(owners, dtype=np.int64)
         keys = list(unique)
         weight = np.bincount(owner[owner >= 0], minlength=len(keys))
         if progress is not None and (owner < 0).any():
             progress(int((owner < 0).sum()))
-        order = sorted(range(len(keys)), key=lambda i: (-len(keys[i][0]), keys[i]))
-        sums = np.zeros(len(keys), dtype=np.float64)
         if keys and self._split_head is None:
-            self._split_head = self._check_split_head(keys[order[-1]][0])
+            self._split_head = self._check_split_head(min(keys, key=lambda k: len(k[0]))[0])
             self.stats.head = "scored-positions" if self._split_head else "full-logits"
+        self.stats.unshared_tokens += sum(len(ids) for ids, _ in keys)
+        shared = groups is not None and self.share_prefixes and bool(keys)
+        sums = None
+        if shared and self._tree_check(keys, key_group):
+            try:
+                sums = self._score_trees(keys, key_group, weight, progress)
+            except ModelFailure as exc:
+                if exc.reason != "out-of-memory":
+                    raise
+                # One tree does not fit where its requests alone may: score them alone.
+                self._trees_ok, self.stats.shared = False, "off (out-of-memory)"
+        if sums is None:
+            sums = self._score_rows(keys, weight, progress)
+        out = np.zeros(len(owners), dtype=np.float64)
+        out[owner >= 0] = sums[owner[owner >= 0]]
+        return out
+
+    def tree_support(self) -> str:
+        """Why prefix trees cannot run on this model, or "" when nothing rules them out."""
+        config = self.model.config
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        window = getattr(text, "sliding_window", None)
+        if window and getattr(text, "use_sliding_window", True):
+            return "sliding-window attention"
+        layers = [str(t) for t in getattr(text, "layer_types", None) or ()]
+        if any("sliding" in t or "linear" in t for t in layers):
+            return "sliding-window or linear-attention layers"
+        if getattr(text, "attention_chunk_size", None):
+            return "chunked attention"
+        return ""
+
+    # --- internals ------------------------------------------------------------------------
+    def _batches(
+        self,
+        lengths: Sequence[int],
+        run: Callable[[list[int]], None],
+        weight: Callable[[list[int]], int],
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        """Run units longest first in token-budget batches; halve the budget on out-of-memory."""
+        torch = _torch()
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         pos = 0
         with torch.inference_mode():
             while pos < len(order):
-                longest = len(keys[order[pos]][0])
+                longest = lengths[order[pos]]
                 rows = max(1, min(self.max_rows, self.batch_tokens // longest, len(order) - pos))
                 batch = order[pos : pos + rows]
                 try:
-                    sums[batch] = self._forward([keys[i] for i in batch])
+                    run(batch)
                 except ModelFailure:
                     raise
                 except Exception as exc:
@@ -224,13 +286,103 @@ class Scorer:
                     self.stats.backoffs += 1
                     continue
                 pos += rows
+                self.stats.padded_tokens += longest * len(batch)
                 if progress is not None:
-                    progress(int(weight[batch].sum()))
-        out = np.zeros(len(owners), dtype=np.float64)
-        out[owner >= 0] = sums[owner[owner >= 0]]
-        return out
+                    progress(weight(batch))
 
-    # --- internals ------------------------------------------------------------------------
+    def _score_rows(
+        self,
+        keys: list[tuple[tuple[int, ...], int]],
+        weight: np.ndarray,
+        progress: Callable[[int], None] | None,
+    ) -> np.ndarray:
+        """Each request in its own right-padded row."""
+        sums = np.zeros(len(keys), dtype=np.float64)
+        # Ties broken by ids, so the batches do not depend on the order requests came in.
+        lengths = [len(ids) for ids, _ in keys]
+        order = sorted(range(len(keys)), key=lambda i: (-lengths[i], keys[i]))
+        rank = [lengths[i] for i in order]
+
+        def run(batch: list[int]) -> None:
+            chosen = [order[b] for b in batch]
+            sums[chosen] = self._forward([keys[i] for i in chosen])
+
+        self._batches(rank, run, lambda b: int(weight[[order[i] for i in b]].sum()), progress)
+        return sums
+
+    def _score_trees(
+        self,
+        keys: list[tuple[tuple[int, ...], int]],
+        key_group: list[int],
+        weight: np.ndarray,
+        progress: Callable[[int], None] | None,
+    ) -> np.ndarray:
+        """Each group's requests as one prefix tree; one tree per row, or packed rows."""
+        sums = np.zeros(len(keys), dtype=np.float64)
+        trees = build_trees(keys, key_group, self.batch_tokens)
+        # A canonical order, so the batches do not depend on the order items came in.
+        trees.sort(key=lambda t: (-len(t), t.ids))
+        sizes = [len(t) for t in trees]
+        if self.pack:
+            rows = pack_rows(sizes, max(self.batch_tokens, max(sizes)))
+        else:
+            rows = [[i] for i in range(len(trees))]
+        lengths = [sum(sizes[i] for i in row) for row in rows]
+
+        def run(batch: list[int]) -> None:
+            members, values = self._forward_trees([[trees[i] for i in rows[b]] for b in batch])
+            sums[members] = values
+
+        def done(batch: list[int]) -> int:
+            return int(sum(weight[m] for b in batch for i in rows[b] for m in trees[i].members))
+
+        self._batches(lengths, run, done, progress)
+        return sums
+
+    def _tree_check(
+        self, keys: list[tuple[tuple[int, ...], int]], key_group: list[int]
+    ) -> bool:
+        """Whether prefix trees reproduce separate rows on this model (checked once, on a probe)."""
+        if self._trees_ok is None:
+            reason = self.tree_support()
+            if not reason:
+                reason = self._probe_trees(keys, key_group)
+            self._trees_ok = not reason
+            self.stats.shared = "prefix-trees" if not reason else f"off ({reason})"
+        return self._trees_ok
+
+    def _probe_trees(
+        self, keys: list[tuple[tuple[int, ...], int]], key_group: list[int]
+    ) -> str:
+        """"" when a tree of two requests of one group gives their separate log-probabilities."""
+        torch = _torch()
+        members: dict[int, list[int]] = {}
+        for i, g in enumerate(key_group):
+            members.setdefault(g, []).append(i)
+        group = next((m for m in members.values() if len(m) > 1), None)
+        if group is None:
+            return ""  # nothing is shared anyway
+        probe = [(keys[i][0][:48], 1) for i in sorted(group, key=lambda i: keys[i])[:2]]
+        tree = Tree()
+        for n, (ids, start) in enumerate(probe):
+            tree.add(n, ids, start)
+        if len(tree) == sum(len(ids) for ids, _ in probe):
+            probe = [(probe[0][0], 1), (probe[0][0][: max(2, len(probe[0][0]) // 2)], 1)]
+            tree = Tree()
+            for n, (ids, start) in enumerate(probe):
+                tree.add(n, ids, start)
+        try:
+            with torch.inference_mode():
+                alone = self._forward(probe, per_token=True)
+                together = self._forward_trees([[tree]], per_token=True)
+        except Exception as exc:
+            return f"the model rejects a tree mask: {type(exc).__name__}"
+        half = next(self.model.parameters()).dtype in (torch.float16, torch.bfloat16)
+        tol = 5e-2 if half else 1e-3
+        if alone.shape != together.shape or not torch.allclose(alone, together, atol=tol, rtol=0):
+            return "a tree mask changes the model's log-probabilities"
+        return ""
+
     def _free(self) -> None:
         torch = _torch()
         if self.device.type == "cuda":
@@ -241,8 +393,11 @@ class Scorer:
         decoder = get() if callable(get) else None
         return None if decoder is None or decoder is self.model else decoder
 
-    def _hidden(self, input_ids: Any, attention_mask: Any) -> Any:
-        out = self._decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    def _hidden(self, input_ids: Any, attention_mask: Any, position_ids: Any = None) -> Any:
+        extra = {} if position_ids is None else {"position_ids": position_ids}
+        out = self._decoder()(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra
+        )
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
     def _check_split_head(self, ids: tuple[int, ...]) -> bool:
@@ -263,8 +418,10 @@ class Scorer:
         scale = max(1.0, float(reference.nan_to_num().abs().max()))
         return bool(torch.allclose(reference, ours, rtol=1e-3, atol=1e-3 * scale, equal_nan=True))
 
-    def _forward(self, batch: Sequence[tuple[tuple[int, ...], int]]) -> np.ndarray:
-        torch = _torch()
+    def _forward(
+        self, batch: Sequence[tuple[tuple[int, ...], int]], *, per_token: bool = False
+    ) -> Any:
+        """Per-request sums for right-padded rows (or, for a probe, every token's log p)."""
         lengths = np.fromiter((len(ids) for ids, _ in batch), dtype=np.int64, count=len(batch))
         starts = np.fromiter((s for _, s in batch), dtype=np.int64, count=len(batch))
         width = int(lengths.max())
@@ -279,31 +436,98 @@ class Scorer:
         offsets = np.arange(int(scored.sum())) - np.repeat(np.cumsum(scored) - scored, scored)
         target_pos = np.repeat(starts, scored) + offsets
         targets = ids_np[row, target_pos]
+        logp = self._run(ids_np, mask_np, None, row, target_pos - 1, targets)
+        if per_token:
+            return logp
+        self.stats.forward_tokens += int(lengths.sum())
+        return self._sums(logp, row, len(batch))
+
+    def _forward_trees(self, batch: Sequence[Sequence[Tree]], *, per_token: bool = False) -> Any:
+        """(request indices, their sums) for rows of prefix trees, each a block of the row."""
+        torch = _torch()
+        sizes = [sum(len(t) for t in row) for row in batch]
+        width = max(sizes)
+        ids_np = np.zeros((len(batch), width), dtype=np.int64)
+        pos_np = np.zeros((len(batch), width), dtype=np.int64)
+        mask_np = np.zeros((len(batch), width, width), dtype=bool)
+        mask_np[:, np.arange(width), np.arange(width)] = True  # padding sees itself only
+        members: list[int] = []
+        rows, where, targets, slots = [], [], [], []
+        for b, row in enumerate(batch):
+            at = 0
+            for tree in row:
+                n = len(tree)
+                ids_np[b, at : at + n] = tree.ids
+                pos_np[b, at : at + n] = tree.positions
+                mask_np[b, at : at + n, at : at + n] = tree.mask()
+                slot, pos, tgt = tree.scored()
+                slots.append(slot + len(members))
+                rows.append(np.full(len(pos), b, dtype=np.int64))
+                where.append(pos + at)
+                targets.append(tgt)
+                members.extend(tree.members)
+                at += n
+        mask = torch.from_numpy(mask_np[:, None])
+        if getattr(self.model.config, "_attn_implementation", "sdpa") == "eager":
+            dtype = next(self.model.parameters()).dtype
+            mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+        slot = np.concatenate(slots)
+        logp = self._run(
+            ids_np, mask, pos_np, np.concatenate(rows), np.concatenate(where),
+            np.concatenate(targets),
+        )  # fmt: skip
+        if per_token:
+            return logp
+        self.stats.forward_tokens += int(sum(sizes))
+        return np.asarray(members, dtype=np.int64), self._sums(logp, slot, len(members))
+
+    def _run(
+        self,
+        ids_np: np.ndarray,
+        mask: Any,
+        positions: np.ndarray | None,
+        row: np.ndarray,
+        where: np.ndarray,
+        targets: np.ndarray,
+    ) -> Any:
+        """log p(targets) read at (row, where) of one forward pass, float32; NaN fails."""
+        torch = _torch()
         dev = self.device
         input_ids = torch.from_numpy(ids_np).to(dev)
-        mask = torch.from_numpy(mask_np).to(dev)
+        mask_t = (torch.from_numpy(mask) if isinstance(mask, np.ndarray) else mask).to(dev)
+        pos_ids = None if positions is None else torch.from_numpy(positions).to(dev)
         row_t = torch.from_numpy(row).to(dev)
-        pos_t = torch.from_numpy(target_pos - 1).to(dev)
+        pos_t = torch.from_numpy(where).to(dev)
         tgt_t = torch.from_numpy(targets).to(dev)
         if self._split_head:
-            states = self._hidden(input_ids, mask)[row_t, pos_t]
-            del input_ids
+            hidden = self._hidden(input_ids, mask_t, pos_ids)
+            # A model split over devices returns its last layer's states on the last device.
+            states = hidden[row_t.to(hidden.device), pos_t.to(hidden.device)]
+            del input_ids, hidden
             head: Callable[[Any], Any] = lambda h: self._post(  # noqa: E731
                 self.model.get_output_embeddings()(h)
             )
         else:
-            states = self.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
-            states = states[row_t, pos_t]
+            extra = {} if pos_ids is None else {"position_ids": pos_ids}
+            states = self.model(
+                input_ids=input_ids, attention_mask=mask_t, use_cache=False, **extra
+            ).logits
+            states = states[row_t.to(states.device), pos_t.to(states.device)]
             head = lambda h: h  # noqa: E731
         logp = self._logprobs(states, tgt_t, head)
         if not bool(torch.isfinite(logp).all()):
             raise ModelFailure("non-finite", "the model produced NaN or infinite log-probabilities")
-        sums = torch.zeros(len(batch), dtype=torch.float64, device=dev)
-        sums.index_add_(0, row_t, logp.double())
+        return logp
+
+    def _sums(self, logp: Any, owner: np.ndarray, count: int) -> np.ndarray:
+        """float64 sums of log p per owner; counts the batch in the stats."""
+        torch = _torch()
+        owner_t = torch.from_numpy(owner).to(logp.device)
+        sums = torch.zeros(count, dtype=torch.float64, device=logp.device)
+        sums.index_add_(0, owner_t, logp.double())
         self.stats.batches += 1
-        self.stats.forward_tokens += int(lengths.sum())
-        self.stats.scored_tokens += int(scored.sum())
-        self.stats.batch_sizes.append(len(batch))
+        self.stats.scored_tokens += len(owner)
+        self.stats.batch_sizes.append(count)
         return sums.cpu().numpy()
 
     def _logprobs(self, states: Any, targets: Any, head: Callable[[Any], Any]) -> Any:
@@ -315,9 +539,10 @@ class Scorer:
         for lo in range(0, states.shape[0], chunk):
             logits = head(states[lo : lo + chunk]).float()
             # log_softmax + gather in one fused kernel: -cross_entropy = logit - logsumexp.
-            out[lo : lo + chunk] = -torch.nn.functional.cross_entropy(
-                logits, targets[lo : lo + chunk], reduction="none"
+            picked = -torch.nn.functional.cross_entropy(
+                logits, targets[lo : lo + chunk].to(logits.device), reduction="none"
             )
+            out[lo : lo + chunk] = picked.to(out.device)
         return out
 
 
@@ -337,7 +562,8 @@ def score_items(
     """Score items (pairs or plain texts) for each (variant, kind) piece; no store involved.
 
     Every request is built (and every template checked) before the first forward pass, so a
-    template failure costs no compute. `on_piece` sees each piece as soon as it is finished.
+    template failure costs no compute. `on_piece` sees each piece when it is finished (all at
+    once when the pieces share prefixes).
     """
     plain = is_plain(items)
     todo = list(pieces) if pieces is not None else plan_pieces(plain, variants)
@@ -351,9 +577,19 @@ def score_items(
         for variant, kind in todo
     }
     engine = scorer or Scorer(model, batch_tokens=batch_tokens)
+    # The pieces of one item share their chat header and prompt: score them together, each
+    # item's requests one group (one prefix tree); pieces are then finished all at once.
+    together = engine.share_prefixes and not plain and len(requests) > 1
+    if together:
+        flat = [r for reqs in requests.values() for r in reqs]
+        groups = [i for reqs in requests.values() for i in range(len(reqs))]
+        allvalues = engine.score(flat, progress, groups=groups)
     results: dict[Piece, ScoredVector] = {}
-    for (variant, kind), reqs in requests.items():
-        values = engine.score(reqs, progress)
+    for p, ((variant, kind), reqs) in enumerate(requests.items()):
+        if together:
+            values = allvalues[p * len(items) : (p + 1) * len(items)]
+        else:
+            values = engine.score(reqs, progress)
         if not np.all(np.isfinite(values)):
             raise ModelFailure("non-finite", "the model produced NaN or infinite log-likelihoods")
         marks = [r.truncated for r in reqs]

@@ -199,8 +199,13 @@ def load(
     device: str = "auto",
     dtype: str = "auto",
     trust_remote_code: bool = False,
+    placement: Any = None,
 ) -> LoadedModel:
-    """Load tokenizer and causal LM from a folder: safetensors only, SDPA attention."""
+    """Load tokenizer and causal LM from a folder: safetensors only, SDPA attention.
+
+    `device` may list several GPUs (`cuda:0,cuda:1`): a model too large for one is split across
+    them (`atlas.scoring.placement`); `placement` forces a given `Placement` (tests use cpu + disk).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -208,7 +213,9 @@ def load(
     names = [p.name for p in folder.iterdir() if p.is_file()]
     if not _has_safetensors(names):
         raise ModelFailure("no-safetensors", f"{folder} holds no .safetensors weights")
-    dev = pick_device(device)
+    if placement is None and "," in device:
+        placement = _plan(folder, names, device, dtype)
+    dev = pick_device(placement.devices[0] if placement is not None else device)
     torch_dtype = pick_dtype(dtype, dev)
     hint = ""
     if "auto_map" in _config_info(folder) and not trust_remote_code:
@@ -220,7 +227,11 @@ def load(
     kwargs: dict[str, Any] = dict(
         dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
     )
-    if dev.startswith("cuda") and importlib.util.find_spec("accelerate") is not None:
+    if placement is not None:
+        if importlib.util.find_spec("accelerate") is None:
+            raise UsageError("loading across devices needs accelerate (pip install accelerate)")
+        kwargs.update(placement.from_pretrained_kwargs())
+    elif dev.startswith("cuda") and importlib.util.find_spec("accelerate") is not None:
         kwargs["device_map"] = dev  # straight onto the GPU; without accelerate: CPU, then .to()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # atlas shows its own progress
@@ -253,13 +264,35 @@ def load(
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
-        device=str(next(model.parameters()).device),
+        device=",".join(placement.devices) if placement is not None and placement.split
+        else str(next(model.parameters()).device),
         dtype=str(torch_dtype).removeprefix("torch."),
         model_type=getattr(config, "model_type", None),
         architecture=architectures[0],
         num_parameters=sum(p.numel() for p in model.parameters()),
         has_chat_template=has_chat_template(tokenizer),
     )
+
+
+def _plan(folder: Path, names: list[str], device: str, dtype: str) -> Any:
+    """The placement of a folder's weights on the listed devices; out-of-memory if none."""
+    from atlas.scoring import placement
+
+    devices = placement.parse_devices(device)
+    for dev in devices:
+        pick_device(dev)
+    dtype_name = str(pick_dtype(dtype, devices[0])).removeprefix("torch.")
+    files = [folder / n for n in names if n.endswith(".safetensors")]
+    params = placement.count_parameters(files)
+    free = placement.free_memory(devices)
+    chosen = placement.plan(params, free, dtype_name)
+    if chosen is None:
+        need = placement.weight_bytes(params, dtype_name) / placement.GIB
+        room = sum(placement.usable(f) for f in free.values()) / placement.GIB
+        raise ModelFailure(
+            "out-of-memory", f"the weights need {need:.1f} GiB; {device} hold {room:.1f} GiB"
+        )
+    return chosen
 
 
 def _is_oom(exc: BaseException) -> bool:

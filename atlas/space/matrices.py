@@ -72,8 +72,13 @@ def load(
     kind: str = "conditional",
     *,
     model_ids: Iterable[int] | None = None,
+    weighted: bool = True,
 ) -> Matrix:
-    """The raw matrix for (text set, variant, kind), optionally only for some models."""
+    """The raw matrix for (text set, variant, kind), optionally only for some models.
+
+    A resampled (weighted) text set's rows come weighted (`atlas.resample.weigh`), so every
+    distance computed downstream is the weighted one; `weighted=False` gives the stored values.
+    """
     ts = resolve_textset(store, textset)
     variant, kind = check_key(variant, kind)
     ids = None if model_ids is None else list(model_ids)
@@ -92,5 +97,9 @@ def load(
         models = [m for _, m in chosen.values()]
         tokens = [_mean_tokens(v) for v, _ in chosen.values()]
     values = np.stack(rows).astype(np.float64) if rows else np.zeros((0, ts.size))
+    if weighted and rows:
+        from atlas.resample import weigh, weights_of
+
+        values = weigh(values, weights_of(store, ts))
     return Matrix(models, values, stamp, np.asarray(tokens, dtype=np.float64))
 

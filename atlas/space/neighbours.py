@@ -134,7 +134,10 @@ def place(
     exclude = []
     if same is not None and placed.revision and same.revision == placed.revision:
         exclude = [int(same.id)]  # type: ignore[arg-type]
-    hits = index.search(index.centre(placed.values), k, exclude=exclude)
+    from atlas.resample import weigh, weights_of
+
+    values = weigh(placed.values, weights_of(store, ts))  # a resampled set's weights
+    hits = index.search(index.centre(values), k, exclude=exclude)
     return _neighbours(store, hits, index.dim, placed.tokens)
 
 

@@ -84,6 +84,8 @@ class TextSet(SQLModel, table=True):
     size: int
     source: str | None = None
     created_at: datetime = _now()
+    # A resampled set (`atlas textset resample`): the set its items were drawn from.
+    parent_id: int | None = None
 
 
 class TextItem(SQLModel, table=True):
@@ -98,6 +100,9 @@ class TextItem(SQLModel, table=True):
     prompt: str | None = None
     response: str | None = None
     text: str | None = None
+    # Resampled sets: the importance weight of the item (NULL: 1) and its index in the parent.
+    weight: float | None = None
+    source_idx: int | None = None
 
 
 class Vector(SQLModel, table=True):
@@ -134,6 +139,8 @@ class Vector(SQLModel, table=True):
     template_sha256: str | None = Field(default=None, max_length=64)
     template_clock: str | None = Field(default=None, max_length=32)
     created_at: datetime = _now()
+    # A vector sliced from the parent text set's vector (id) instead of scored.
+    derived_from: int | None = None
 
     def array(self) -> np.ndarray:
         """The values as a float32 array of length n."""

@@ -1,0 +1,224 @@
+"""Fewer texts for the same map: resampled text sets with importance weights (Oyama et al. 2025a).
+
+K texts are drawn *with replacement* from a scored text set, uniformly or with probability
+proportional to their variance across the stored models (`pi_s ∝ sum_i Q_is^2`, Q the clipped,
+double-centred matrix). A text drawn m times is stored once with weight `sqrt(m / (K pi_s))`, so
+that `sum_s w_s^2 d_s^2` is the paper's unbiased estimate of a squared distance over the whole
+set. Downstream, `weigh` scales each model's centred values by the weights (times sqrt(K'/N), so
+KL stays in nats per text of the source); `atlas.space.matrices.load` applies it, so every index,
+map and analysis of a weighted set uses the weighted squared distance. The vectors of models
+already scored on the source set are sliced into the new set, not scored again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlmodel import col, select
+
+from atlas.errors import TextSetError, UsageError
+from atlas.space import vectors
+from atlas.store import Store
+from atlas.store.tables import TextItem, TextSet, Vector
+
+METHODS = ("uniform", "variance")
+
+
+# --- pure math ------------------------------------------------------------------------------
+def probabilities(L: np.ndarray | None, n: int, method: str) -> np.ndarray:
+    """Sampling probabilities over n texts: uniform, or ∝ column sums of squared Q (clipped L)."""
+    if method == "uniform":
+        return np.full(n, 1.0 / n)
+    if method != "variance":
+        raise UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if L is None or len(L) < 2:
+        raise UsageError("variance sampling needs the vectors of at least 2 scored models")
+    Q = vectors.double_center(vectors.clip(L, vectors.clip_threshold(L)))
+    var = np.einsum("ij,ij->j", Q, Q)
+    total = var.sum()
+    if not np.isfinite(total) or total <= 0:
+        raise UsageError("the stored models do not vary over the texts; use --method uniform")
+    return var / total
+
+
+def draw(pi: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct source indices, ascending; their weights sqrt(m / (k pi))) of k draws."""
+    if k < 1:
+        raise UsageError("--n must be at least 1")
+    rng = np.random.default_rng(seed)
+    drawn = rng.choice(len(pi), size=k, replace=True, p=pi)
+    index, counts = np.unique(drawn, return_counts=True)
+    return index, np.sqrt(counts / (k * pi[index]))
+
+
+def weigh(L: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+    """Each row's deviations from its weighted mean scaled per text; the mean kept.
+
+    A row `l` becomes `m + u * (l - m)` with `m = sum(u l) / sum(u)`, so centring it leaves
+    exactly `u * (l - m)`: squared distances become weighted squared distances. `u` is the
+    item weight times sqrt(K' / N) (`weights_of`), so `||xi_i - xi_j||^2 / (2 K')` estimates the
+    source set's KL per text. No weights: the matrix is returned unchanged.
+    """
+    if scale is None:
+        return L
+    u = np.asarray(scale, dtype=np.float64)
+    values = np.asarray(L, dtype=np.float64)
+    mean = values @ u / u.sum()
+    if values.ndim == 2:
+        mean = mean[:, None]
+    return mean + u * (values - mean)
+
+
+def digest(kind: str, items: Sequence[TextItem], weights: np.ndarray) -> str:
+    """sha256 of a weighted text set: the items in order and their weights."""
+    rows = [[it.prompt, it.response] if kind == "pairs" else it.text for it in items]
+    payload = json.dumps(
+        {"format": "atlas-textset/1", "kind": kind, "items": rows,
+         "weights": [float(w) for w in weights]},
+        ensure_ascii=False, separators=(",", ":"),
+    )  # fmt: skip
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+# --- the store ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Resampled:
+    """A resampled text set: `created` is False when it was already stored; sliced vectors."""
+
+    textset: TextSet
+    created: bool
+    draws: int
+    sliced: int
+
+
+def weights_of(store: Store, textset: TextSet) -> np.ndarray | None:
+    """Per-item scales `w * sqrt(K' / N)` of a resampled set (K' items of N), or None."""
+    if textset.parent_id is None:
+        return None
+    with store.session() as s:
+        rows = s.exec(
+            select(TextItem.weight).where(TextItem.textset_id == textset.id).order_by(TextItem.idx)
+        ).all()
+    if not rows or all(w is None for w in rows):
+        return None
+    with store.session() as s:
+        parent = s.get(TextSet, textset.parent_id)
+    n = parent.size if parent is not None else len(rows)
+    weights = np.asarray([1.0 if w is None else float(w) for w in rows], dtype=np.float64)
+    return weights * np.sqrt(len(rows) / n)
+
+
+def _source_matrix(store: Store, source: TextSet) -> np.ndarray | None:
+    from atlas.space import matrices
+
+    key = ("base", "unconditional") if source.kind == "plain" else ("base", "conditional")
+    m = matrices.load(store, source, *key, weighted=False)
+    return m.values if len(m.models) else None
+
+
+def resample(
+    store: Store,
+    source: str,
+    *,
+    n: int,
+    name: str,
+    method: str = "variance",
+    seed: int = 0,
+) -> Resampled:
+    """Store K = n draws of `source`'s items as text set `name`, with weights; slice vectors."""
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if n < 1:
+        raise UsageError("--n must be at least 1")
+    if not name or len(name) > 128:
+        raise UsageError("a text set name must be 1-128 characters")
+    parent = store.textset(source)
+    if parent.parent_id is not None:
+        raise UsageError(f"{source!r} is itself resampled; resample its source instead")
+    L = _source_matrix(store, parent) if method == "variance" else None
+    pi = probabilities(L, parent.size, method)
+    index, weights = draw(pi, n, seed)
+    with store.session() as s:
+        rows = s.exec(
+            select(TextItem).where(TextItem.textset_id == parent.id).order_by(TextItem.idx)
+        ).all()
+        if len(rows) != parent.size:
+            raise TextSetError(f"text set {source!r} is incomplete ({len(rows)}/{parent.size})")
+        picked = [rows[int(i)] for i in index]
+        sha = digest(parent.kind, picked, weights)
+        existing = s.exec(select(TextSet).where(TextSet.name == name)).first()
+        if existing is not None and existing.sha256 != sha:
+            raise TextSetError(
+                f"text set {name!r} already exists with different content "
+                f"(stored {existing.sha256[:12]}, resampled {sha[:12]}); choose another --name"
+            )
+        created = existing is None
+        if created:
+            existing = TextSet(
+                name=name, kind=parent.kind, sha256=sha, size=len(picked), parent_id=parent.id,
+                source=f"resample:{parent.name}@{parent.sha256[:12]} {method} n={n} seed={seed}",
+            )  # fmt: skip
+            s.add(existing)
+            s.flush()
+            tid = int(existing.id)  # type: ignore[arg-type]
+            for j, (it, i, w) in enumerate(zip(picked, index, weights, strict=True)):
+                s.add(TextItem(textset_id=tid, idx=j, prompt=it.prompt, response=it.response,
+                               text=it.text, weight=float(w), source_idx=int(i)))  # fmt: skip
+            s.flush()
+        s.refresh(existing)
+        textset = existing
+    sliced = slice_vectors(store, textset)
+    return Resampled(textset, created, n, sliced)
+
+
+def slice_vectors(store: Store, textset: TextSet) -> int:
+    """Copy the parent's vectors that the resampled set lacks, sliced to its items; how many."""
+    if textset.parent_id is None:
+        return 0
+    with store.session() as s:
+        parent = s.get(TextSet, textset.parent_id)
+        if parent is None:
+            return 0
+        index = np.asarray(
+            s.exec(
+                select(TextItem.source_idx)
+                .where(TextItem.textset_id == textset.id)
+                .order_by(TextItem.idx)
+            ).all(),
+            dtype=np.int64,
+        )
+        have = {
+            (v.model_id, v.revision, v.variant, v.kind)
+            for v in s.exec(select(Vector).where(Vector.textset_id == textset.id))
+        }
+        sources = s.exec(
+            select(Vector)
+            .where(
+                Vector.textset_id == parent.id,
+                Vector.textset_sha256 == parent.sha256,
+                Vector.n == parent.size,
+            )
+            .order_by(col(Vector.id))
+        ).all()
+        added = 0
+        for v in sources:
+            if (v.model_id, v.revision, v.variant, v.kind) in have:
+                continue
+            counts = v.token_array()
+            sliced = Vector(
+                    model_id=v.model_id, revision=v.revision, textset_id=textset.id,
+                    textset_sha256=textset.sha256, variant=v.variant, kind=v.kind,
+                    n=len(index), values=v.array()[index].astype("<f4").tobytes(),
+                    token_counts=None if counts is None else counts[index].astype("<i4").tobytes(),
+                    truncated=min(v.truncated, len(index)), dtype=v.dtype, device=v.device,
+                    scorer_version=v.scorer_version, template_mode=v.template_mode,
+                    derived_from=v.id,
+            )  # fmt: skip
+            s.add(sliced)
+            have.add((v.model_id, v.revision, v.variant, v.kind))
+            added += 1
+    return added
