@@ -284,7 +284,7 @@ def fit_tsne(Q: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str
 
 def _faiss_knn(data: np.ndarray, query: np.ndarray | None, k: int):
     """Exact Euclidean k nearest rows by FAISS (float32), as `knn` returns them."""
-    from atlas.index import load_faiss
+    from atlas.space.index import load_faiss
 
     faiss = load_faiss()
     base = np.ascontiguousarray(data, dtype=np.float32)
