@@ -29,6 +29,7 @@ from atlas.store.tables import HubModel, MapPoint, MapSnapshot, TextSet
 FORMAT = "atlas-map-snapshot/1"
 FILES = ("snapshot.json", "models.csv", "loglik.npz", "map.png", "map.html", "analyses")
 NEIGHBOURS = 10
+CANVAS_FROM = 3000  # the page draws larger maps on a canvas instead of one SVG circle per model
 CSV_FIELDS = (
     "id", "repo_id", "revision", "model_type", "architecture", "num_parameters", "downloads",
     "likes", "base_models", "status", "x", "y",
@@ -353,6 +354,7 @@ def page_data(data: SnapshotData) -> dict[str, Any]:
             "clip_threshold": snap.clip_threshold,
         },
         "kl_unit": "nats per text",
+        "render": "canvas" if len(models) > CANVAS_FROM else "svg",
         "attributes": COLOUR_ATTRIBUTES,
         "models": models,
         "neighbours": [[[j, round(kl, 8)] for j, kl in near] for near in data.neighbours],
