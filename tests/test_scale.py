@@ -146,7 +146,7 @@ def test_approximate_fits_and_placement(store, settings, monkeypatch):
     np.testing.assert_allclose(a, e, atol=1e-3 * np.abs(e).max())
 
     tsne = maps.refresh(store, settings, method="tsne")
-    assert tsne.mode == "full" and tsne.snapshot.params["negative_gradient_method"] == "fft"
+    assert tsne.mode == "full" and tsne.snapshot.params["negative_gradient_method"] == "bh"
     assert "faiss" in tsne.snapshot.params["neighbors"]
     put_matrix(store, ts, _names(4, 60), raw[60:])
     placed = maps.refresh(store, settings, method="tsne")

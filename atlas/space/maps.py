@@ -40,6 +40,10 @@ TRANSFORM_PERPLEXITY = 5.0  # openTSNE's default for placing new points
 TSNE_ITERATIONS = {"early_exaggeration_iter": 250, "n_iter": 750}
 APPROXIMATE_FROM = 5000  # models: from here fits run in float32 on reduced dimensions
 REDUCED_DIMS = 50  # t-SNE's input dimensions at scale (principal components)
+# openTSNE's FFT gradients run on numpy's FFT here (no FFTW): their grid grows with the spread of
+# the embedding, and families of near-identical models spread it far, so Barnes-Hut (whose cost
+# does not depend on the spread) is faster up to this many models (measured: benchmarks/scale.py).
+FFT_FROM = 100_000
 Progress = Callable[[str], None]
 
 
@@ -328,7 +332,7 @@ def reduce(Q: np.ndarray, dims: int = REDUCED_DIMS) -> tuple[np.ndarray, np.ndar
 
 def fit_tsne_approx(Q: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
     """t-SNE at scale: openTSNE on the top principal components of Q, FAISS neighbours,
-    FFT-accelerated gradients; otherwise the settings of `fit_tsne`."""
+    Barnes-Hut gradients (FFT from `FFT_FROM` models); otherwise the settings of `fit_tsne`."""
     import openTSNE
     from openTSNE.affinity import PerplexityBasedNN
 
@@ -338,8 +342,9 @@ def fit_tsne_approx(Q: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], d
     k = min(n - 1, int(3 * perplexity))
     affinities = PerplexityBasedNN(perplexity=perplexity, knn_index=_approx_knn_index(Z, k),
                                    n_jobs=1, random_state=SEED)  # fmt: skip
+    method = "fft" if n >= FFT_FROM else "bh"
     tsne = openTSNE.TSNE(n_components=2, perplexity=perplexity, initialization="pca",
-                         metric="euclidean", negative_gradient_method="fft",
+                         metric="euclidean", negative_gradient_method=method,
                          random_state=SEED, n_jobs=1, **TSNE_ITERATIONS)  # fmt: skip
     coords = np.asarray(tsne.fit(X=Z, affinities=affinities), dtype=np.float64).copy()
     graph_idx, graph_dist = affinities.knn_index.build()
@@ -347,7 +352,7 @@ def fit_tsne_approx(Q: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], d
         "perplexity": round(perplexity, 6), "k_neighbors": int(graph_idx.shape[1]),
         "initialization": "pca", "affinity": "gaussian on squared euclidean distances",
         "neighbors": f"faiss, exact on the top {Z.shape[1]} principal components",
-        "learning_rate": "auto", "negative_gradient_method": "fft", **TSNE_ITERATIONS,
+        "learning_rate": "auto", "negative_gradient_method": method, **TSNE_ITERATIONS,
         "random_state": SEED, "opentsne": openTSNE.__version__,
     }  # fmt: skip
     state = {"Q": Z.astype(np.float32), "reduce": comps.astype(np.float32), "coords": coords,
