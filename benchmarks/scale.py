@@ -10,6 +10,9 @@ RSS), both from wait4; on a busy machine the CPU time is the steadier figure:
     python benchmarks/scale.py --models 300 --texts 500 --timeout 120   # a smoke run
     python benchmarks/scale.py --big                  # 100,000 models too (~16 GB of disk)
 
+To time another version of atlas on the same stores, put its source first on PYTHONPATH (the
+commands run from the store's folder, so the checkout's own package is not picked up there).
+
 Each run starts from the same state (the extra models of a previous run, map snapshots, map
 state and indexes removed). A command that runs past --timeout is killed and reported so. On a
 shared machine the figures are upper bounds.
@@ -152,7 +155,7 @@ def reset(home: Path) -> None:
     with Atlas(f"sqlite:///{home / 'atlas.db'}", home=home) as atlas, atlas.store.session() as s:
         s.exec(delete(MapSnapshot))  # points cascade
         s.exec(delete(HubModel).where(col(HubModel.repo_id).startswith(f"{EXTRA}/")))
-    for sub in ("maps", "index"):
+    for sub in ("maps", "indexes"):
         shutil.rmtree(home / sub, ignore_errors=True)
     shutil.rmtree(home / "export", ignore_errors=True)
 
@@ -165,7 +168,7 @@ def timed(home: Path, args: list[str], timeout: float) -> dict:
     env = {**os.environ, "ATLAS_HOME": str(home),
            "ATLAS_DATABASE_URL": f"sqlite:///{home / 'atlas.db'}"}  # fmt: skip
     started = time.perf_counter()
-    proc = subprocess.Popen([*ATLAS, *args], env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([*ATLAS, *args], env=env, stdout=subprocess.DEVNULL, cwd=home,
                             stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
     killed = False
     while True:
