@@ -600,17 +600,22 @@ def all_neighbours(
     faiss = load_faiss()
     rng = np.random.default_rng(0)
     sample = X[np.sort(rng.choice(n, min(n, PCA_TRAIN_ROWS), replace=False))]
-    coarse, _ = _pca_index(faiss, sample.astype(np.float64), PCA_DIMS)
+    coarse, dims = _pca_index(faiss, sample.astype(np.float64), PCA_DIMS)
+    # Project every row once (the pre-transformed index would project again for each search).
+    linear = faiss.downcast_VectorTransform(faiss.downcast_index(coarse.index).chain.at(0))
+    A = faiss.vector_to_array(linear.A).reshape(dims, X.shape[1]).T.copy()
+    b = faiss.vector_to_array(linear.b)
+    projected = np.empty((n, dims), dtype=np.float32)
     for start in range(0, n, CHUNK_ROWS * 8):
-        part = X[start : start + CHUNK_ROWS * 8]
-        coarse.add_with_ids(part, np.arange(start, start + len(part), dtype=np.int64))
+        projected[start : start + CHUNK_ROWS * 8] = X[start : start + CHUNK_ROWS * 8] @ A + b
+    flat = faiss.IndexFlatL2(dims)
+    flat.add(projected)
     want = min(n, k + 1 + candidates)
     norms = np.einsum("ij,ij->i", X, X, dtype=np.float64)
     idx = np.zeros((n, k), dtype=np.int64)
     sq = np.zeros((n, k))
     for start in range(0, n, CHUNK_ROWS * 8):
-        rows = X[start : start + CHUNK_ROWS * 8]
-        _, found = coarse.search(rows, want)
+        _, found = flat.search(projected[start : start + CHUNK_ROWS * 8], want)
         for r, cand in enumerate(found, start=start):
             cand = cand[(cand >= 0) & (cand != r)]
             d = norms[cand] + norms[r] - 2.0 * (X[cand] @ X[r]).astype(np.float64)
