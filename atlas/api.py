@@ -248,10 +248,15 @@ class Atlas:
         return queue_status(self.store, self.settings, limit=limit)
 
     # --- models and status --------------------------------------------------------------
-    def models(self, status: str | None = None) -> list[HubModel]:
+    def models(
+        self, status: str | None = None, *, limit: int | None = None, offset: int = 0
+    ) -> list[HubModel]:
+        """Models by repo id, optionally one status and one page (`limit` from `offset`)."""
         if status is not None and status not in MODEL_STATUSES:
             raise UsageError(f"unknown status {status!r}; choose from {', '.join(MODEL_STATUSES)}")
-        return self.store.models(status)
+        if (limit is not None and limit < 1) or offset < 0:
+            raise UsageError("--limit must be at least 1 and --offset zero or more")
+        return self.store.models(status, limit=limit, offset=offset)
 
     def template_provenance(self) -> dict[int, dict[str, str | None]]:
         """Per model id: template mode, template sha256 and pinned clock of its vectors."""

@@ -37,6 +37,19 @@ def browser_path() -> str:
 @pytest.fixture
 def exported(tmp_path):
     """A t-SNE map of three families (and one hostile name), exported; plus the raw matrix."""
+    return _export(tmp_path)
+
+
+@pytest.fixture
+def exported_canvas(tmp_path, monkeypatch):
+    """The same map, exported as a large map's page is (points on a canvas)."""
+    from atlas.export import snapshot
+
+    monkeypatch.setattr(snapshot, "CANVAS_FROM", 5)
+    return _export(tmp_path)
+
+
+def _export(tmp_path):
     from atlas import Atlas
 
     L = clustered(25, N_TEXTS, clusters=3, seed=7)
@@ -199,3 +212,68 @@ def test_map_page_in_headless_chromium(browser_path, exported, tmp_path):
     width, height = _png_size(shot)
     assert width >= 1000 and height >= 600
     assert shot.stat().st_size > 20_000
+
+
+def test_large_map_page_draws_on_a_canvas(browser_path, exported_canvas, tmp_path):
+    out, names, L, threshold = exported_canvas
+    target = names.index("family1/model-07")
+    expected = _kl_neighbours(L, threshold, target, 10)
+    browser = Browser((out / "map.html").as_uri(), tmp_path / "profile")
+    try:
+        browser.wait_for("document.body && document.body.getAttribute('data-ready')")
+        assert browser.js("window.atlasMap.mode") == "canvas"
+        assert browser.js("document.querySelectorAll('circle.pt').length") == 0
+        painted = browser.js(
+            "(function(){var c=document.getElementById('points-canvas'),"
+            "d=c.getContext('2d').getImageData(0,0,c.width,c.height).data,n=0;"
+            "for(var i=3;i<d.length;i+=4)if(d[i]>0)n++;return n;})()"
+        )
+        assert painted > 25 * 9  # every point drawn, a few pixels each
+
+        browser.js("document.getElementById('search').focus()")
+        browser.type_text("model-07")
+        assert browser.wait_for("document.getElementById('match-count').textContent") == (
+            "1 match"
+        )
+        spot = browser.js(f"window.atlasMap.position({target})")
+        assert browser.js(f"window.atlasMap.hit({spot['x']}, {spot['y']})") == target
+
+        browser.mouse("mouseMoved", spot["x"], spot["y"])  # hover: the tooltip
+        assert browser.wait_for("!document.getElementById('tooltip').hidden")
+        assert "family1/model-07" in browser.js("document.getElementById('tooltip').textContent")
+
+        browser.click(spot["x"], spot["y"])  # click: the neighbours, drawn on top
+        listed = browser.wait_for(
+            "Array.from(document.querySelectorAll('#neighbours li[data-model]'))"
+            ".map(function(l){return [l.getAttribute('data-model'), +l.getAttribute('data-kl')]})"
+        )
+        assert [name for name, _ in listed] == [names[j] for j, _ in expected]
+        assert [kl for _, kl in listed] == pytest.approx([kl for _, kl in expected], rel=1e-6)
+        assert browser.js("document.querySelectorAll('circle.pt.neighbour').length") == 10
+        assert browser.js("document.querySelector('circle.pt.selected').dataset.model") == (
+            names[target]
+        )
+
+        browser.js(
+            "var s=document.getElementById('color-by');s.value='family';"
+            "s.dispatchEvent(new Event('change'))"
+        )
+        legend = browser.js(
+            "Array.from(document.querySelectorAll('#legend li'))"
+            ".map(function(l){return l.getAttribute('data-category')})"
+        )
+        assert sorted(legend) == ["family0/base", "family1/base", "family2/base"]
+
+        before = browser.js("window.atlasMap.position(0)")  # a drag pans the canvas too
+        browser.mouse("mousePressed", 5, 700, button="left", buttons=1, clickCount=1)
+        browser.mouse("mouseMoved", 60, 660, button="left", buttons=1)
+        browser.mouse("mouseMoved", 105, 640, button="left", buttons=1)
+        browser.mouse("mouseReleased", 105, 640, button="left", buttons=0, clickCount=1)
+        browser.wait_for("!document.getElementById('map').classList.contains('dragging')")
+        after = browser.js("window.atlasMap.position(0)")
+        assert (after["x"] - before["x"], after["y"] - before["y"]) == pytest.approx(
+            (100, -60), abs=1.5
+        )
+        assert browser.js("typeof window.__pwned") == "undefined"
+    finally:
+        browser.close()

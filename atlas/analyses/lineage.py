@@ -17,7 +17,8 @@ import numpy as np
 
 from atlas.analyses import plots
 from atlas.analyses.common import load_clipped, plain
-from atlas.space import vectors
+from atlas.space import matrices, vectors
+from atlas.space.index import ALL_PAIRS_UP_TO, all_neighbours
 
 if TYPE_CHECKING:
     from atlas.store import Store
@@ -144,6 +145,64 @@ def evaluate(
     )
 
 
+def evaluate_knn(
+    near: np.ndarray,
+    near_kl: np.ndarray,
+    kl_pair: Any,
+    names: Sequence[str],
+    bases: Mapping[str, Sequence[str]],
+    *,
+    ks: Sequence[int] = KS,
+    textset: str = "",
+) -> LineageResult:
+    """`evaluate` from each model's nearest neighbours instead of a models x models matrix.
+
+    `near[i]` / `near_kl[i]` are model i's nearest others (indices, KL), nearest first;
+    `kl_pair(i, j)` gives one KL. A base ranked beyond the listed neighbours gets rank 0
+    (unknown) and KL from `kl_pair`; precision at k needs only the first k.
+    """
+    index = {n: i for i, n in enumerate(names)}
+    family = relatives(names, bases)
+    top = max(ks, default=1)
+    rows: list[LineageRow] = []
+    prec: dict[int, list[float]] = {k: [] for k in ks}
+    hits: dict[int, list[float]] = {k: [] for k in ks}
+    chance: list[float] = []
+    others_total = max(len(names) - 1, 1)
+    for name, rel in family.items():
+        i = index[name]
+        ranked = [names[j] for j in near[i]]
+        flags = [n in rel for n in ranked]
+        for k in ks:
+            kk = min(k, len(ranked))
+            prec[k].append(sum(flags[:kk]) / kk if kk else np.nan)
+            hits[k].append(float(any(flags[:kk])))
+        chance.append(len(rel) / others_total)
+        base_names = [b for b, r in rel.items() if r == "base"]
+        base_ranks = [ranked.index(b) + 1 for b in base_names if b in ranked]
+        others = [float(kl) for n, kl in zip(ranked, near_kl[i], strict=True) if n not in rel]
+        rows.append(LineageRow(
+            model=name, bases=base_names, n_relatives=len(rel), neighbours=ranked[:top],
+            relations=[rel.get(n, "other") for n in ranked[:top]],
+            base_rank=min(base_ranks) if base_ranks else 0,
+            first_relative_rank=flags.index(True) + 1 if any(flags) else 0,
+            kl_base=float(min(kl_pair(i, index[b]) for b in base_names)),
+            kl_nearest_other=others[0] if others else float("nan"),
+        ))  # fmt: skip
+
+    def mean(values: list[float]) -> float:
+        return float(np.nanmean(values)) if values else float("nan")
+
+    return LineageResult(
+        textset=textset,
+        n_models=len(names),
+        rows=rows,
+        precision={k: mean(v) for k, v in prec.items()},
+        hit={k: mean(v) for k, v in hits.items()},
+        chance=mean(chance),
+    )
+
+
 # --- the store ---------------------------------------------------------------------------------
 def analyze(
     store: Store,
@@ -156,11 +215,32 @@ def analyze(
     """Lineage precision over the models with vectors on `textset` (or only `models`)."""
 
     kind = "unconditional" if store.textset(textset).kind == "plain" else "conditional"
-    rows, (L,) = load_clipped(store, textset, [(variant, kind)], models)
+    count = len(models) if models else _count(store, textset, variant, kind)
+    large = count > ALL_PAIRS_UP_TO
+    rows, (L,) = load_clipped(store, textset, [(variant, kind)], models,
+                              dtype=np.float32 if large else np.float64)  # fmt: skip
     names = [m.repo_id for m in rows]
     bases = {m.repo_id: list(m.base_models or []) for m in rows}
-    kl = vectors.kl_matrix(vectors.center(L)) if rows else np.zeros((0, 0))
-    return evaluate(kl, names, bases, ks=ks, textset=textset)
+    if not large:
+        kl = vectors.kl_matrix(vectors.center(L)) if rows else np.zeros((0, 0))
+        return evaluate(kl, names, bases, ks=ks, textset=textset)
+    # At scale: neighbours from a kNN index, never a models x models matrix (float32, in place).
+    L -= L.mean(axis=1, dtype=np.float64, keepdims=True).astype(L.dtype)
+    n = L.shape[1]
+    near, sq = all_neighbours(L, max(max(ks, default=1), DEPTH))
+
+    def kl_pair(i: int, j: int) -> float:
+        diff = L[i].astype(np.float64) - L[j].astype(np.float64)
+        return float(diff @ diff / (2.0 * n))
+
+    return evaluate_knn(near, sq / (2.0 * n), kl_pair, names, bases, ks=ks, textset=textset)
+
+
+DEPTH = 50  # at scale: neighbours listed per model (a base ranked further is rank 0, unknown)
+
+
+def _count(store: Store, textset: str, variant: str, kind: str) -> int:
+    return len(matrices.stamps(store, textset, variant, kind))
 
 
 def plot(result: LineageResult, path: Path | str) -> Path:
@@ -168,6 +248,15 @@ def plot(result: LineageResult, path: Path | str) -> Path:
 
     rows = result.rows
     note = ", ".join(f"P@{k} {v:.2f}" for k, v in result.precision.items())
+    if len(rows) > plots.MAX_BARS:  # one bar per model would not fit: compare distributions
+        return plots.distributions(
+            path,
+            {"KL to recorded base": [r.kl_base for r in rows],
+             "KL to nearest non-relative": [r.kl_nearest_other for r in rows]},
+            xlabel="estimated KL  [nats per text]",
+            title=f"Lineage on {result.textset}: {len(rows)} fine-tuned models",
+            note=note or None,
+        )  # fmt: skip
     return plots.ranked_bars(
         path,
         [r.model for r in rows],

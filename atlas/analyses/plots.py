@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 
 VARIANT_COLOURS = {"cot": "tab:orange", "repeat": "tab:green", "repeat+cot": "tab:purple"}
+MAX_BARS = 60  # beyond this many names, figures summarise instead of drawing a bar per name
+MAX_POINTS = 5000  # scatter plots draw a deterministic sample of at most this many points
 
 
 def _pyplot() -> Any:
@@ -62,7 +64,11 @@ def scatter(
     plt = _pyplot()
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     fig, ax = plt.subplots(figsize=(6.4, 5.0))
-    ax.scatter(xs, ys, s=22, alpha=0.8, color="tab:blue", edgecolor="none")
+    shown = np.arange(len(xs))
+    if len(xs) > MAX_POINTS:  # the fit uses every point; the dots are a fixed sample
+        shown = np.sort(np.random.default_rng(0).choice(len(xs), MAX_POINTS, replace=False))
+    ax.scatter(xs[shown], ys[shown], s=22 if len(xs) <= 300 else 5, alpha=0.8,
+               color="tab:blue", edgecolor="none")  # fmt: skip
     _label_points(ax, xs, ys, labels)
     finite = np.isfinite(xs) & np.isfinite(ys)
     if diagonal and finite.any():
@@ -140,3 +146,33 @@ def ranked_bars(
                 bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
     ax.legend(loc="upper right", fontsize=8)
     return _save(fig, path)
+
+
+def distributions(
+    path: Path | str,
+    series: Mapping[str, Sequence[float]],
+    *,
+    xlabel: str,
+    title: str,
+    note: str | None = None,
+    bins: int = 60,
+) -> Path:
+    """Overlaid histograms of a few series (one per label): a bounded figure for any count."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    arrays = {k: np.asarray(v, dtype=float) for k, v in series.items()}
+    finite = np.concatenate([a[np.isfinite(a)] for a in arrays.values()] or [np.zeros(0)])
+    edges = np.histogram_bin_edges(finite, bins=bins) if finite.size else bins
+    for label, values in arrays.items():
+        values = values[np.isfinite(values)]
+        ax.hist(values, bins=edges, alpha=0.55, label=f"{label} (median {np.median(values):.3g})"
+                if values.size else label)  # fmt: skip
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("models")
+    ax.set_title(title)
+    if note:
+        ax.text(0.98, 0.98, note, transform=ax.transAxes, va="top", ha="right", fontsize=8,
+                bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+

@@ -17,7 +17,9 @@ import numpy as np
 from atlas.analyses import plots
 from atlas.analyses.common import correlations, load_clipped, plain
 from atlas.errors import NotFound
+from atlas.space import matrices as space_matrices
 from atlas.space import vectors
+from atlas.space.index import ALL_PAIRS_UP_TO
 
 if TYPE_CHECKING:
     from atlas.store import Store
@@ -27,6 +29,9 @@ if TYPE_CHECKING:
 def mi_estimates(pmi: np.ndarray) -> np.ndarray:
     """Per model, the mean PMI over texts: the estimate of prompt-response mutual information."""
     return np.asarray(pmi, dtype=np.float64).mean(axis=1)
+
+
+BLOCK = 2048  # models per block
 
 
 def variance_approximation(pmi: np.ndarray) -> np.ndarray:
@@ -76,9 +81,19 @@ def analyze_matrices(
     textset: str = "",
     variant: str = "base",
 ) -> PMIResult:
-    """MI estimate, variance approximation and their correlations from clipped matrices."""
-    pmi = vectors.pmi(cond, uncond)
-    mi, approx = mi_estimates(pmi), variance_approximation(pmi)
+    """MI estimate, variance approximation and their correlations from clipped matrices.
+
+    Rows are independent: they are processed in blocks, so float32 inputs of any size need
+    only a block's float64 copy.
+    """
+    n = len(cond)
+    mi, approx, mean_cond = np.zeros(n), np.zeros(n), np.zeros(n)
+    for start in range(0, n, BLOCK):
+        c, u = cond[start : start + BLOCK], uncond[start : start + BLOCK]
+        pmi = vectors.pmi(c, u)
+        mi[start : start + BLOCK] = mi_estimates(pmi)
+        approx[start : start + BLOCK] = variance_approximation(pmi)
+        mean_cond[start : start + BLOCK] = np.asarray(c, dtype=np.float64).mean(axis=1)
     pearson, spearman = correlations(mi, approx)
     return PMIResult(
         textset=textset,
@@ -86,7 +101,7 @@ def analyze_matrices(
         models=list(models),
         mi=mi,
         variance_approx=approx,
-        mean_conditional=np.asarray(cond, dtype=np.float64).mean(axis=1),
+        mean_conditional=mean_cond,
         pearson=pearson,
         spearman=spearman,
     )
@@ -133,7 +148,10 @@ def analyze(
 
     def matrices(name: str, wanted: list[str] | None) -> PMIResult | None:
         keys = [(variant, "conditional"), ("base", "unconditional")]
-        rows, (cond, uncond) = load_clipped(store, name, keys, wanted)
+        count = len(wanted) if wanted else len(space_matrices.stamps(store, name, variant, "pmi"))
+        large = count > ALL_PAIRS_UP_TO
+        rows, (cond, uncond) = load_clipped(store, name, keys, wanted,
+                                            dtype=np.float32 if large else np.float64)
         if not rows:
             return None
         names = [m.repo_id for m in rows]

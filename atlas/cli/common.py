@@ -145,9 +145,24 @@ def with_flags(app: typer.Typer, text: str) -> str:
     return re.sub(r"`([a-z_]+)`", lambda m: flags.get(m.group(1), m.group(0)), text)
 
 
+def _crash_report() -> None:
+    """A crash inside a native library (a segfault in BLAS, FAISS) prints where it happened
+    and what to do, instead of ending the process silently."""
+    import faulthandler
+
+    if faulthandler.is_enabled() or sys.stderr is None:
+        return
+    try:
+        sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # captured stderr (tests): nothing to attach
+        return
+    faulthandler.enable(file=sys.stderr, all_threads=False)
+
+
 def run(app: typer.Typer, args: list[str] | None = None) -> int:
     """Run the CLI; return its exit code. Tracebacks only with ATLAS_DEBUG=1."""
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    _crash_report()
     try:
         app(args=args, standalone_mode=False, prog_name="atlas")
     except AtlasError as exc:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 from rich.table import Table
 
 from atlas.cli.common import ctx_obj, human_count, out_console, print_json
 from atlas.store.tables import MODEL_STATUSES
+
+TABLE_ROWS = 500  # longer lists print as streamed plain columns
 
 
 def register(app: typer.Typer) -> None:
@@ -20,10 +24,17 @@ def register(app: typer.Typer) -> None:
             None, "--status", "-s", help=f"Only this status: {', '.join(MODEL_STATUSES)}."
         ),
         json: bool = typer.Option(False, "--json", help="Print JSON."),
+        limit: int = typer.Option(
+            None, "--limit", "-n", min=1, help="At most this many models (a page)."
+        ),
+        offset: int = typer.Option(0, "--offset", min=0, help="Skip this many models first."),
     ) -> None:
-        """List models with their status and, when skipped or failed, the reason."""
+        """List models with their status and, when skipped or failed, the reason.
+
+        Long lists print as plain columns while they are read; --limit/--offset page them.
+        """
         atlas = ctx_obj(ctx).atlas()
-        models = atlas.models(status)
+        models = atlas.models(status, limit=limit, offset=offset)
         templates = atlas.template_provenance()
         none = {"template_mode": None, "template_sha256": None, "template_clock": None}
         rows = [
@@ -35,6 +46,16 @@ def register(app: typer.Typer) -> None:
         ]
         if json:
             print_json(rows)
+            return
+        if len(rows) > TABLE_ROWS:  # a rich table lays out every row first: stream columns
+            width = max(len(r["model"]) for r in rows)
+            write = sys.stdout.write
+            write(f"{'model':<{width}}  {'status':<10}  {'reason':<16}  {'type':<12}  "
+                  f"{'params':>7}  {'downloads':>9}\n")  # fmt: skip
+            for r in rows:
+                write(f"{r['model']:<{width}}  {r['status']:<10}  {r['reason'] or '':<16}  "
+                      f"{r['model_type'] or '':<12}  {human_count(r['parameters']):>7}  "
+                      f"{human_count(r['downloads']):>9}\n")  # fmt: skip
             return
         table = Table("model", "status", "reason", "type", "params", "downloads")
         for r in rows:

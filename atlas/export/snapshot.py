@@ -22,12 +22,14 @@ from atlas.analyses.report import write_analyses  # pmi, shift, lineage: JSON + 
 from atlas.errors import UsageError
 from atlas.export.page import render_map
 from atlas.space import maps, matrices, vectors
+from atlas.space.index import ALL_PAIRS_UP_TO, all_neighbours
 from atlas.store import Store, queries
 from atlas.store.tables import HubModel, MapPoint, MapSnapshot, TextSet
 
 FORMAT = "atlas-map-snapshot/1"
 FILES = ("snapshot.json", "models.csv", "loglik.npz", "map.png", "map.html", "analyses")
 NEIGHBOURS = 10
+CANVAS_FROM = 3000  # the page draws larger maps on a canvas instead of one SVG circle per model
 CSV_FIELDS = (
     "id", "repo_id", "revision", "model_type", "architecture", "num_parameters", "downloads",
     "likes", "base_models", "status", "x", "y",
@@ -61,11 +63,15 @@ class SnapshotData:
         return np.asarray([(p.x, p.y) for p in self.points], dtype=np.float64).reshape(-1, 2)
 
 
-def _aligned(matrix: matrices.Matrix, ids: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
+def _aligned(
+    matrix: matrices.Matrix, ids: list[int], n: int, dtype: Any = np.float64
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows of `matrix` in the order of `ids` (NaN where missing), and which rows exist."""
-    out = np.full((len(ids), n), np.nan, dtype=np.float64)
     row = {mid: i for i, mid in enumerate(matrix.model_ids)}
     have = np.asarray([mid in row for mid in ids], dtype=bool)
+    if matrix.model_ids == ids and matrix.values.dtype == dtype:
+        return matrix.values, have  # already aligned: no copy
+    out = np.full((len(ids), n), np.nan, dtype=dtype)
     for i, mid in enumerate(ids):
         if mid in row:
             out[i] = matrix.values[row[mid]]
@@ -73,41 +79,22 @@ def _aligned(matrix: matrices.Matrix, ids: list[int], n: int) -> tuple[np.ndarra
 
 
 def top_neighbours(Xi: np.ndarray, k: int, block: int = 512) -> list[list[tuple[int, float]]]:
-    """Each row's `k` nearest other rows by `KL = ||xi_i - xi_j||^2 / (2N)`, nearest first."""
-    n, dims = Xi.shape
-    k = min(k, n - 1)
-    norms = np.einsum("ij,ij->i", Xi, Xi)
-    result: list[list[tuple[int, float]]] = []
-    for start in range(0, n, block):
-        part = Xi[start : start + block]
-        sq = norms[start : start + block, None] + norms[None, :] - 2.0 * (part @ Xi.T)
-        np.maximum(sq, 0.0, out=sq)
-        rows = np.arange(len(part))
-        sq[rows, rows + start] = np.inf
-        for r in range(len(part)):
-            if k <= 0:
-                result.append([])
-                continue
-            cand = np.argpartition(sq[r], k - 1)[:k] if k < n else np.arange(n)
-            cand = cand[np.lexsort((cand, sq[r, cand]))]
-            result.append([(int(j), float(sq[r, j] / (2.0 * dims))) for j in cand[:k]])
-    return result
+    """Each row's `k` nearest other rows by `KL = ||xi_i - xi_j||^2 / (2N)`, nearest first.
+
+    Through `index.all_neighbours`: every pair for small maps, a FAISS kNN index at scale.
+    """
+    dims = Xi.shape[1] if Xi.ndim == 2 else 1
+    idx, sq = all_neighbours(Xi, k, block=block)
+    return [[(int(j), float(d / (2.0 * dims))) for j, d in zip(ri, rs, strict=True)]
+            for ri, rs in zip(idx, sq, strict=True)]  # fmt: skip
 
 
 def _templates(store: Store, stamps: dict[int, tuple[int, ...]], ids: list[int]) -> list:
     """Per model, how its vector applied the chat template (mode, sha256, clock, scorer)."""
     first = {mid: s[0] for mid, s in stamps.items() if s}
-    rows = queries.pieces_by_id(store, first.values())
-    out = []
-    for mid in ids:
-        vec = rows.get(first.get(mid, -1))
-        out.append({
-            "mode": vec.template_mode if vec else None,
-            "sha256": vec.template_sha256 if vec else None,
-            "clock": vec.template_clock if vec else None,
-            "scorer_version": vec.scorer_version if vec else None,
-        })  # fmt: skip
-    return out
+    rows = queries.piece_provenance(store, list(first.values()))
+    empty = {"mode": None, "sha256": None, "clock": None, "scorer_version": None}
+    return [rows.get(first.get(mid, -1), empty) for mid in ids]
 
 
 def _revisions(store: Store, stamps: dict[int, tuple[int, ...]], ids: list[int]) -> list:
@@ -129,11 +116,18 @@ def gather(
     models = [m for _, m in pairs]
     ids = [int(m.id) for m in models]  # type: ignore[arg-type]
     n = ts.size  # type: ignore[union-attr]
-    raw = {"model_ids": ids, "weighted": False}
-    cond, _ = _aligned(matrices.load(store, ts, snap.variant, "conditional", **raw), ids, n)
-    uncond, _ = _aligned(matrices.load(store, ts, "base", "unconditional", **raw), ids, n)
+    # Stored values are float32: loading them as float32 loses nothing and halves the memory.
+    f32 = np.float32
+
+    def aligned(variant: str, kind: str, dtype: Any = f32) -> tuple[np.ndarray, np.ndarray]:
+        loaded = matrices.load(store, ts, variant, kind, model_ids=ids, dtype=dtype,  # type: ignore[arg-type]
+                               with_tokens=False, weighted=False)
+        return _aligned(loaded, ids, n, dtype)
+
+    cond, _ = aligned(snap.variant, "conditional")
+    uncond, _ = aligned("base", "unconditional")
     if snap.kind == "pmi":
-        own, have = _aligned(matrices.load(store, ts, snap.variant, "pmi", **raw), ids, n)
+        own, have = aligned(snap.variant, "pmi", np.float64)
     else:
         own = cond if snap.kind == "conditional" else uncond
         have = ~np.isnan(own).any(axis=1)
@@ -145,8 +139,13 @@ def gather(
             threshold = vectors.clip_threshold(own[kept])
         from atlas.resample import weigh, weights_of
 
-        weighted = weigh(own[kept], weights_of(store, ts))  # type: ignore[arg-type]
-        Xi = vectors.center(vectors.clip(weighted, threshold))
+        scale = weights_of(store, ts)  # type: ignore[arg-type]
+        chosen = own[kept] if scale is None else weigh(own[kept], scale)
+        if len(kept) <= ALL_PAIRS_UP_TO:
+            Xi = vectors.center(vectors.clip(chosen, threshold))
+        else:  # float32, one copy
+            Xi = np.maximum(chosen, np.asarray(threshold, dtype=chosen.dtype)).astype(f32)
+            Xi -= Xi.mean(axis=1, dtype=np.float64, keepdims=True).astype(f32)
         for local, near in zip(kept, top_neighbours(Xi, neighbours), strict=True):
             found[int(local)] = [(int(kept[j]), kl) for j, kl in near]
     stamps = matrices.stamps(store, ts, snap.variant, snap.kind)  # type: ignore[arg-type]
@@ -157,8 +156,8 @@ def gather(
         models=models,
         revisions=_revisions(store, stamps, ids),
         templates=_templates(store, stamps, ids),
-        conditional=cond.astype(np.float32),
-        unconditional=uncond.astype(np.float32),
+        conditional=cond.astype(np.float32, copy=False),
+        unconditional=uncond.astype(np.float32, copy=False),
         neighbours=found,
     )
 
@@ -359,6 +358,7 @@ def page_data(data: SnapshotData) -> dict[str, Any]:
             "clip_threshold": snap.clip_threshold,
         },
         "kl_unit": "nats per text",
+        "render": "canvas" if len(models) > CANVAS_FROM else "svg",
         "attributes": COLOUR_ATTRIBUTES,
         "models": models,
         "neighbours": [[[j, round(kl, 8)] for j, kl in near] for near in data.neighbours],
@@ -393,5 +393,7 @@ def export(
     write_png(out / "map.png", data)
     write_html(out / "map.html", data)
 
-    write_analyses(store, data.textset.name, out / "analyses")
+    textset = data.textset.name
+    del data, record  # the analyses load what they need: free the snapshot's matrices first
+    write_analyses(store, textset, out / "analyses")
     return out

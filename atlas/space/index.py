@@ -6,6 +6,10 @@ a stale, missing or corrupt index is rebuilt from it; models scored since the la
 are added incrementally, clipped with the stored threshold. Squared L2 distances between centred
 vectors are KL estimates up to the factor 1 / (2N).
 
+Models added after a save go to a small delta index (`<stem>.delta.faiss`), so an incremental
+refresh rewrites only that file; the main file is memory-mapped when FAISS can (1.10+) and a
+process keeps indexes it has opened until their files change.
+
 The compressed mode (`pca`) projects the centred vectors to a few hundred dimensions, searches
 that small flat index for candidates and re-ranks them exactly with the full vectors.
 """
@@ -77,6 +81,8 @@ class KLIndex:
     pca_dims: int = 0
     manifest: dict[str, Any] = field(default_factory=dict)
     _idset: set[int] = field(default_factory=set, repr=False)
+    delta: Any = None  # IndexIDMap2(IndexFlatL2): models added since the main part was saved
+    _saved_at: Path | None = field(default=None, repr=False)  # where the main part is on disk
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
@@ -113,14 +119,15 @@ class KLIndex:
         ids = np.asarray(self.ids(), dtype=np.int64)
         rng = np.random.default_rng(seed)
         pick = ids if len(ids) <= PCA_TRAIN_ROWS else rng.choice(ids, PCA_TRAIN_ROWS, False)
-        sample = self.flat.reconstruct_batch(np.sort(pick)).astype(np.float64)
+        sample = self.vectors(np.sort(pick)).astype(np.float64)
         coarse, dims = _pca_index(faiss, sample, pca_dims)
-        for start in range(0, len(ids), CHUNK_ROWS):
-            block = ids[start : start + CHUNK_ROWS]
+        main = np.asarray(self._main_ids(), dtype=np.int64)
+        for start in range(0, len(main), CHUNK_ROWS):
+            block = main[start : start + CHUNK_ROWS]
             coarse.add_with_ids(self.flat.reconstruct_batch(block), block)
         return KLIndex(dim=self.dim, threshold=self.threshold, mode="pca", flat=self.flat,
                        coarse=coarse, pca_dims=dims, manifest=dict(self.manifest),
-                       _idset=set(self._idset))  # fmt: skip
+                       _idset=set(self._idset), delta=self.delta)  # fmt: skip
 
     def _centred_sample(self, raw: np.ndarray, seed: int) -> np.ndarray:
         rows = np.arange(raw.shape[0])
@@ -141,30 +148,63 @@ class KLIndex:
         new = set(ids_arr.tolist())
         if new & self._idset or len(new) != len(ids_arr):
             raise ValueError("model ids already in the index")
+        if self._saved_at is not None and self.delta is None:
+            self.delta = load_faiss().IndexIDMap2(load_faiss().IndexFlatL2(self.dim))
         for start in range(0, len(ids_arr), CHUNK_ROWS):
             block = self.centre(raw[start : start + CHUNK_ROWS]).astype(np.float32)
             block_ids = ids_arr[start : start + CHUNK_ROWS]
-            self.flat.add_with_ids(block, block_ids)
-            if self.coarse is not None:
-                self.coarse.add_with_ids(block, block_ids)
+            if self._saved_at is not None:  # the saved main part stays as it is on disk
+                self.delta.add_with_ids(block, block_ids)
+            else:
+                self.flat.add_with_ids(block, block_ids)
+                if self.coarse is not None:
+                    self.coarse.add_with_ids(block, block_ids)
             self._idset.update(int(i) for i in block_ids)
 
     # --- queries --------------------------------------------------------------------------
     @property
     def size(self) -> int:
-        return int(self.flat.ntotal)
+        return int(self.flat.ntotal) + self._delta_size
+
+    @property
+    def _delta_size(self) -> int:
+        return 0 if self.delta is None else int(self.delta.ntotal)
+
+    def _main_ids(self) -> list[int]:
+        return [int(i) for i in load_faiss().vector_to_array(self.flat.id_map)]
+
+    def _delta_ids(self) -> list[int]:
+        if self.delta is None:
+            return []
+        return [int(i) for i in load_faiss().vector_to_array(self.delta.id_map)]
 
     def ids(self) -> list[int]:
         """Model ids in insertion order."""
-        return [int(i) for i in load_faiss().vector_to_array(self.flat.id_map)]
+        return self._main_ids() + self._delta_ids()
+
+    def vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Stored centred vectors (float32) of some model ids, in that order."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not self._delta_size:
+            return self.flat.reconstruct_batch(ids)
+        in_delta = set(self._delta_ids())
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        mask = np.asarray([int(i) in in_delta for i in ids], dtype=bool)
+        if mask.any():
+            out[mask] = self.delta.reconstruct_batch(ids[mask])
+        if (~mask).any():
+            out[~mask] = self.flat.reconstruct_batch(ids[~mask])
+        return out
 
     def __contains__(self, model_id: object) -> bool:
         return model_id in self._idset
 
     def vector(self, model_id: int) -> np.ndarray:
         """A stored model's centred vector (float64)."""
+        if int(model_id) not in self._idset:
+            raise NotFound(f"model id {model_id} is not in the index")
         try:
-            return self.flat.reconstruct(int(model_id)).astype(np.float64)
+            return self.vectors([int(model_id)])[0].astype(np.float64)
         except RuntimeError as exc:
             raise NotFound(f"model id {model_id} is not in the index") from exc
 
@@ -183,11 +223,16 @@ class KLIndex:
         if self.coarse is not None:
             want = max(want, rerank + len(excluded))
         source = self.coarse if self.coarse is not None else self.flat
-        _, found = source.search(query.astype(np.float32), min(want, self.size))
-        candidates = [int(i) for i in found[0] if i >= 0 and int(i) not in excluded]
+        q32 = query.astype(np.float32)
+        found = []
+        if source.ntotal:
+            found = source.search(q32, min(want, int(source.ntotal)))[1][0].tolist()
+        if self._delta_size:  # the few models added since the save: searched exactly
+            found += self.delta.search(q32, min(k + len(excluded), self._delta_size))[1][0].tolist()
+        candidates = [int(i) for i in found if i >= 0 and int(i) not in excluded]
         if not candidates:
             return []
-        stored = self.flat.reconstruct_batch(np.asarray(candidates, dtype=np.int64))
+        stored = self.vectors(candidates)
         if len(candidates) > k + SHORTLIST:  # pca candidates: shortlist in float32 first
             diff32 = stored - query.astype(np.float32)
             near = np.argpartition(np.einsum("ij,ij->i", diff32, diff32), k + SHORTLIST)
@@ -202,24 +247,33 @@ class KLIndex:
     def nbytes(self) -> int:
         """Approximate memory of the stored vectors and ids."""
         total = self.size * (self.dim * 4 + 16)
-        if self.coarse is not None:
+        if self.coarse is not None:  # the delta part has no compressed copy
             total += self.size * (self.pca_dims * 4 + 16) + self.dim * self.pca_dims * 4
         return total
 
     # --- persistence ----------------------------------------------------------------------
     def save(self, stem: Path) -> None:
-        """Write `<stem>.faiss` (and `<stem>.pca.faiss`), then `<stem>.json`, atomically."""
+        """Write `<stem>.faiss` (and `<stem>.pca.faiss`, `<stem>.delta.faiss`), then
+        `<stem>.json`, atomically; a main part already saved there is not written again."""
         faiss = load_faiss()
         stem.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(stem.with_suffix(".faiss"), lambda p: faiss.write_index(self.flat, str(p)))
-        pca = stem.with_suffix(".pca.faiss")
-        if self.coarse is not None:
-            _write_atomic(pca, lambda p: faiss.write_index(self.coarse, str(p)))
+        if self._saved_at != stem:
+            _write_atomic(stem.with_suffix(".faiss"),
+                          lambda p: faiss.write_index(self.flat, str(p)))  # fmt: skip
+            pca = stem.with_suffix(".pca.faiss")
+            if self.coarse is not None:
+                _write_atomic(pca, lambda p: faiss.write_index(self.coarse, str(p)))
+            else:
+                pca.unlink(missing_ok=True)
+        delta = stem.with_suffix(".delta.faiss")
+        if self._delta_size:
+            _write_atomic(delta, lambda p: faiss.write_index(self.delta, str(p)))
         else:
-            pca.unlink(missing_ok=True)
+            delta.unlink(missing_ok=True)
+        self._saved_at = stem
         manifest = {**self.manifest, "format": FORMAT_VERSION, "dim": self.dim,
                     "clip_threshold": self.threshold, "mode": self.mode,
-                    "pca_dims": self.pca_dims,
+                    "pca_dims": self.pca_dims, "delta_models": self._delta_size,
                     "n_models": self.size, "model_ids": self.ids()}
         self.manifest = manifest
         text = json.dumps(manifest, indent=1, sort_keys=True)
@@ -239,14 +293,17 @@ class KLIndex:
             index = cls(dim=int(manifest["dim"]), threshold=float(manifest["clip_threshold"]),
                         mode=str(manifest["mode"]), pca_dims=int(manifest.get("pca_dims", 0)),
                         manifest=manifest)
-            index.flat = faiss.read_index(str(stem.with_suffix(".faiss")))
+            index.flat = _read_mapped(faiss, stem.with_suffix(".faiss"))
             if index.mode == "pca":
-                index.coarse = faiss.read_index(str(stem.with_suffix(".pca.faiss")))
+                index.coarse = _read_mapped(faiss, stem.with_suffix(".pca.faiss"))
+            if int(manifest.get("delta_models", 0)):
+                index.delta = faiss.read_index(str(stem.with_suffix(".delta.faiss")))
         except IndexCorrupt:
             raise
         except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise IndexCorrupt(f"unreadable index {stem}: {exc}") from exc
         index._idset = set(index.ids())
+        index._saved_at = stem
         index._validate()
         return index
 
@@ -256,9 +313,14 @@ class KLIndex:
             raise IndexCorrupt("index dimension does not match its manifest")
         if self.ids() != [int(i) for i in self.manifest.get("model_ids", [])]:
             raise IndexCorrupt("index ids do not match its manifest")
+        if self.delta is not None and (
+            not isinstance(self.delta, load_faiss().IndexIDMap2) or self.delta.d != self.dim
+        ):
+            raise IndexCorrupt("delta index dimension does not match its manifest")
         if self.coarse is not None and (
             self.coarse.d != self.dim
-            or [int(i) for i in load_faiss().vector_to_array(self.coarse.id_map)] != self.ids()
+            or [int(i) for i in load_faiss().vector_to_array(self.coarse.id_map)]
+            != self._main_ids()
         ):
             raise IndexCorrupt("compressed index does not match the full one")
 
@@ -269,6 +331,17 @@ class IndexMissing(Exception):
 
 class IndexCorrupt(Exception):
     """A saved index cannot be used as it is."""
+
+
+def _read_mapped(faiss: Any, path: Path) -> Any:
+    """Read an index, memory-mapping its vectors where FAISS supports it (1.10+: IFC flag)."""
+    flag = getattr(faiss, "IO_FLAG_MMAP_IFC", None)
+    if flag is not None:
+        try:
+            return faiss.read_index(str(path), flag)
+        except RuntimeError:
+            pass  # an index type that cannot be mapped: read it
+    return faiss.read_index(str(path))
 
 
 def _write_atomic(path: Path, write: Any) -> None:
@@ -379,7 +452,7 @@ def _refresh(
     reason = "rebuild requested" if rebuild else ""
     if not rebuild:
         try:
-            index = KLIndex.load(stem)
+            index = _load_cached(stem)
             if any(index.manifest.get(k) != v for k, v in key.items()):
                 reason, index = "manifest does not match the text set or key", None
         except IndexMissing:
@@ -403,14 +476,16 @@ def _refresh(
             reason = f"models grew from {built_with} to {len(current)} since the full build"
         else:
             if new_ids:
-                m = matrices.load(store, ts, variant, kind, model_ids=new_ids)
+                m = matrices.load(store, ts, variant, kind, model_ids=new_ids, dtype=_dtype(kind),
+                                  with_tokens=False)
                 index.add(m.model_ids, m.values)
                 held.update(zip(m.model_ids, m.stamps, strict=True))
             index.manifest.update(high_water_mark=mark, updated=_now(),
                                   stamps={str(k): list(v) for k, v in held.items()})
             index.save(stem)
+            _remember(stem, index)
             return index, Refresh("added" if new_ids else "none", added=len(new_ids))
-    m = matrices.load(store, ts, variant, kind)
+    m = matrices.load(store, ts, variant, kind, dtype=_dtype(kind), with_tokens=False)
     if not m.models:
         raise NotFound(
             f"no {kind} vectors for text set {ts.name!r} (variant {variant})",
@@ -422,7 +497,43 @@ def _refresh(
                       "stamps": {str(i): list(s) for i, s in zip(m.model_ids, m.stamps,
                                                                  strict=True)}}
     index.save(stem)
+    _remember(stem, index)
     return index, Refresh("built", reason=reason)
+
+
+_OPENED: dict[Path, tuple[tuple, KLIndex]] = {}  # indexes this process has read, by stem
+
+
+def _signature(stem: Path) -> tuple:
+    """Identity of an index's files on disk: changes whenever any of them is rewritten."""
+    sig = []
+    for suffix in (".json", ".faiss", ".pca.faiss", ".delta.faiss"):
+        try:
+            st = stem.with_suffix(suffix).stat()
+            sig.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        except OSError:
+            sig.append(None)
+    return tuple(sig)
+
+
+def _load_cached(stem: Path) -> KLIndex:
+    """A saved index, from this process's memory when its files have not changed."""
+    held = _OPENED.get(stem)
+    sig = _signature(stem)
+    if held is not None and held[0] == sig:
+        return held[1]
+    index = KLIndex.load(stem)
+    _OPENED[stem] = (sig, index)
+    return index
+
+
+def _remember(stem: Path, index: KLIndex) -> None:
+    _OPENED[stem] = (_signature(stem), index)
+
+
+def _dtype(kind: str) -> Any:
+    """Stored kinds are float32 already (no loss, half the memory); pmi is a float64 difference."""
+    return np.float64 if kind == "pmi" else np.float32
 
 
 def _now() -> str:
@@ -461,3 +572,73 @@ def refresh_indexes(
             done[f"{ts.name}/{variant}/{kind}"] = what
     return done
 
+
+
+# --- every model's neighbours at once ----------------------------------------------------------
+
+ALL_PAIRS_UP_TO = 3000  # below this many rows, `all_neighbours` compares every pair exactly
+ALL_CANDIDATES = 64  # beyond k, candidates per row re-ranked exactly at scale
+
+
+def all_neighbours(
+    Xi: np.ndarray, k: int, *, block: int = 512, candidates: int = ALL_CANDIDATES
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's `k` nearest other rows by squared L2 distance, nearest first (ties by row).
+
+    Returns (rows x k indices, rows x k squared distances in float64). Up to `ALL_PAIRS_UP_TO`
+    rows every pair is compared (exactly, in blocks); above it a FAISS kNN index over a PCA
+    projection (as the `pca` index mode) proposes `k + candidates` rows per row, which are
+    re-ranked with the full vectors, so no models x models matrix is ever formed.
+    """
+    n = len(Xi)
+    k = max(0, min(k, n - 1))
+    if k == 0:
+        return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0))
+    if n <= ALL_PAIRS_UP_TO:
+        return _all_pairs(np.asarray(Xi, dtype=np.float64), k, block)
+    X = np.ascontiguousarray(Xi, dtype=np.float32)
+    faiss = load_faiss()
+    rng = np.random.default_rng(0)
+    sample = X[np.sort(rng.choice(n, min(n, PCA_TRAIN_ROWS), replace=False))]
+    coarse, dims = _pca_index(faiss, sample.astype(np.float64), PCA_DIMS)
+    # Project every row once (the pre-transformed index would project again for each search).
+    linear = faiss.downcast_VectorTransform(faiss.downcast_index(coarse.index).chain.at(0))
+    A = faiss.vector_to_array(linear.A).reshape(dims, X.shape[1]).T.copy()
+    b = faiss.vector_to_array(linear.b)
+    projected = np.empty((n, dims), dtype=np.float32)
+    for start in range(0, n, CHUNK_ROWS * 8):
+        projected[start : start + CHUNK_ROWS * 8] = X[start : start + CHUNK_ROWS * 8] @ A + b
+    flat = faiss.IndexFlatL2(dims)
+    flat.add(projected)
+    want = min(n, k + 1 + candidates)
+    norms = np.einsum("ij,ij->i", X, X, dtype=np.float64)
+    idx = np.zeros((n, k), dtype=np.int64)
+    sq = np.zeros((n, k))
+    for start in range(0, n, CHUNK_ROWS * 8):
+        _, found = flat.search(projected[start : start + CHUNK_ROWS * 8], want)
+        for r, cand in enumerate(found, start=start):
+            cand = cand[(cand >= 0) & (cand != r)]
+            d = norms[cand] + norms[r] - 2.0 * (X[cand] @ X[r]).astype(np.float64)
+            np.maximum(d, 0.0, out=d)
+            order = np.lexsort((cand, d))[:k]
+            idx[r, : len(order)], sq[r, : len(order)] = cand[order], d[order]
+    return idx, sq
+
+
+def _all_pairs(X: np.ndarray, k: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    n = len(X)
+    norms = np.einsum("ij,ij->i", X, X)
+    idx = np.zeros((n, k), dtype=np.int64)
+    out = np.zeros((n, k))
+    for start in range(0, n, block):
+        part = X[start : start + block]
+        # an explicit copy of the transpose: numpy's OpenBLAS has crashed on X @ X.T
+        sq = norms[start : start + block, None] + norms[None, :] - 2.0 * (part @ X.T.copy())
+        np.maximum(sq, 0.0, out=sq)
+        rows = np.arange(len(part))
+        sq[rows, rows + start] = np.inf
+        for r in range(len(part)):
+            cand = np.argpartition(sq[r], k - 1)[:k] if k < n else np.arange(n)
+            cand = cand[np.lexsort((cand, sq[r, cand]))]
+            idx[start + r], out[start + r] = cand[:k], sq[r, cand[:k]]
+    return idx, out

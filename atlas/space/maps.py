@@ -5,6 +5,11 @@ A full refresh clips the raw matrix at its 2% quantile, double-centres it and fi
 `ATLAS_HOME/maps/` (derived data: when it is missing a full refit happens instead). An
 incremental refresh places models scored since the full one into the existing embedding, keeps
 every stored coordinate as it was, and records the full snapshot as its parent.
+
+From `APPROXIMATE_FROM` models a full fit streams the matrix in float32 and centres it in place:
+PCA takes its components from a randomized SVD, and t-SNE runs on the top `REDUCED_DIMS`
+principal components with neighbours from FAISS and FFT gradients (how t-SNE is run at this
+size); new models are placed in that reduced space. Below it, the fits are the exact ones.
 """
 
 from __future__ import annotations
@@ -33,6 +38,12 @@ MAX_PERPLEXITY = 30.0
 MIN_INCREMENTAL_REFERENCE = 4  # smaller full maps are always refitted
 TRANSFORM_PERPLEXITY = 5.0  # openTSNE's default for placing new points
 TSNE_ITERATIONS = {"early_exaggeration_iter": 250, "n_iter": 750}
+APPROXIMATE_FROM = 5000  # models: from here fits run in float32 on reduced dimensions
+REDUCED_DIMS = 50  # t-SNE's input dimensions at scale (principal components)
+# openTSNE's FFT gradients run on numpy's FFT here (no FFTW): their grid grows with the spread of
+# the embedding, and families of near-identical models spread it far, so Barnes-Hut (whose cost
+# does not depend on the spread) is faster up to this many models (measured: benchmarks/scale.py).
+FFT_FROM = 100_000
 Progress = Callable[[str], None]
 
 
@@ -102,6 +113,66 @@ def fit_pca(Q: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str,
     ratio = values / total if total > 0 else np.zeros(k)
     params["explained_variance_ratio"] = [round(float(r), 6) for r in ratio]
     return coords, {"components": components, "mean": mean}, params
+
+
+def centre_in_place(L: np.ndarray, threshold: float) -> np.ndarray:
+    """`reference` for a large float32 matrix without copies: `L` becomes the double-centred
+    coordinates; returns the column offset that places new rows (as `reference` does)."""
+    np.maximum(L, np.float32(threshold), out=L)
+    for start in range(0, len(L), 4096):
+        block = L[start : start + 4096]
+        block -= block.mean(axis=1, dtype=np.float64, keepdims=True).astype(L.dtype)
+    offset = L.mean(axis=0, dtype=np.float64)
+    L -= offset.astype(L.dtype)
+    return offset
+
+
+def top_components(
+    X: np.ndarray, k: int, *, iterations: int = 4, oversample: int = 10, seed: int = SEED
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """The top `k` principal axes of column-centred `X` by randomized SVD in X's dtype
+    (Halko et al.): components (k x dims, float64), their squared singular values, and the
+    total sum of squares."""
+    n, dims = X.shape
+    k = min(k, n, dims)
+    width = min(k + oversample, n, dims)
+    rng = np.random.default_rng(seed)
+    Y = X @ rng.standard_normal((dims, width)).astype(X.dtype)
+    for _ in range(iterations):
+        Y = X @ (X.T @ _orthonormal(Y))
+    basis = _orthonormal(Y)
+    B = (basis.T @ X).astype(np.float64)  # width x dims
+    _, sing, vt = np.linalg.svd(B, full_matrices=False)
+    total = 0.0
+    for start in range(0, n, 4096):
+        block = X[start : start + 4096].astype(np.float64)
+        total += float(np.einsum("ij,ij->", block, block))
+    return vt[:k], sing[:k] ** 2, total
+
+
+def _orthonormal(Y: np.ndarray) -> np.ndarray:
+    q, _ = np.linalg.qr(Y.astype(np.float64))
+    return q.astype(Y.dtype)
+
+
+def _sign_fix(comps: np.ndarray) -> np.ndarray:
+    """scikit-learn's sign convention: the largest |loading| of each component is positive."""
+    signs = np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(axis=1)])
+    return comps * np.where(signs == 0, 1.0, signs)[:, None]
+
+
+def fit_pca_large(Q: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+    """`fit_pca` for a large column-centred float32 matrix: randomized SVD, no copies of Q."""
+    dims = Q.shape[1]
+    comps, values, total = top_components(Q, 2)
+    comps = _sign_fix(comps)
+    components = np.zeros((2, dims))
+    components[: len(comps)] = comps
+    coords = (Q @ components.T.astype(Q.dtype)).astype(np.float64)
+    params: dict[str, Any] = {"n_components": 2, "solver": "randomized", "random_state": SEED}
+    ratio = values / total if total > 0 else np.zeros(len(values))
+    params["explained_variance_ratio"] = [round(float(r), 6) for r in ratio]
+    return coords, {"components": components, "mean": np.zeros(dims)}, params
 
 
 def project_pca(Q_new: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
@@ -215,6 +286,81 @@ def fit_tsne(Q: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str
     return coords, state, params
 
 
+def _faiss_knn(data: np.ndarray, query: np.ndarray | None, k: int):
+    """Exact Euclidean k nearest rows by FAISS (float32), as `knn` returns them."""
+    from atlas.space.index import load_faiss
+
+    faiss = load_faiss()
+    base = np.ascontiguousarray(data, dtype=np.float32)
+    own = query is None
+    rows = base if own else np.ascontiguousarray(query, dtype=np.float32)
+    k = min(k, len(base) - (1 if own else 0))
+    index = faiss.IndexFlatL2(base.shape[1])
+    index.add(base)
+    sq, idx = index.search(rows, k + 1 if own else k)
+    if own:  # drop each row itself (or a duplicate standing in its place)
+        keep = idx != np.arange(len(rows))[:, None]
+        first = np.argmax(~keep, axis=1)
+        keep[np.arange(len(rows)), np.where((~keep).any(axis=1), first, k)] = False
+        idx = idx[keep].reshape(len(rows), k)
+        sq = sq[keep].reshape(len(rows), k)
+    return idx.astype(np.int64), np.sqrt(np.maximum(sq, 0.0)).astype(np.float64)
+
+
+def _approx_knn_index(data: np.ndarray, k: int, graph=None):
+    """An openTSNE neighbour index over reduced data, answered by FAISS."""
+    from openTSNE.nearest_neighbors import KNNIndex
+
+    class FaissKNN(KNNIndex):
+        VALID_METRICS = ("euclidean",)
+
+        def build(self):
+            return graph if graph is not None else _faiss_knn(self.data, None, self.k)
+
+        def query(self, query, k):
+            return _faiss_knn(self.data, query, k)
+
+    return FaissKNN(data, k, metric="euclidean")
+
+
+def reduce(Q: np.ndarray, dims: int = REDUCED_DIMS) -> tuple[np.ndarray, np.ndarray]:
+    """The top principal-component scores of column-centred Q (n x dims) and the axes."""
+    comps, _, _ = top_components(Q, dims, iterations=2)
+    comps = _sign_fix(comps)
+    return (Q @ comps.T.astype(Q.dtype)).astype(np.float64), comps
+
+
+def fit_tsne_approx(Q: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+    """t-SNE at scale: openTSNE on the top principal components of Q, FAISS neighbours,
+    Barnes-Hut gradients (FFT from `FFT_FROM` models); otherwise the settings of `fit_tsne`."""
+    import openTSNE
+    from openTSNE.affinity import PerplexityBasedNN
+
+    n = len(Q)
+    perplexity = perplexity_for(n)
+    Z, comps = reduce(Q)
+    k = min(n - 1, int(3 * perplexity))
+    affinities = PerplexityBasedNN(perplexity=perplexity, knn_index=_approx_knn_index(Z, k),
+                                   n_jobs=1, random_state=SEED)  # fmt: skip
+    method = "fft" if n >= FFT_FROM else "bh"
+    tsne = openTSNE.TSNE(n_components=2, perplexity=perplexity, initialization="pca",
+                         metric="euclidean", negative_gradient_method=method,
+                         random_state=SEED, n_jobs=1, **TSNE_ITERATIONS)  # fmt: skip
+    coords = np.asarray(tsne.fit(X=Z, affinities=affinities), dtype=np.float64).copy()
+    graph_idx, graph_dist = affinities.knn_index.build()
+    params = {
+        "perplexity": round(perplexity, 6), "k_neighbors": int(graph_idx.shape[1]),
+        "initialization": "pca", "affinity": "gaussian on squared euclidean distances",
+        "neighbors": f"faiss, exact on the top {Z.shape[1]} principal components",
+        "learning_rate": "auto", "negative_gradient_method": method, **TSNE_ITERATIONS,
+        "random_state": SEED, "opentsne": openTSNE.__version__,
+    }  # fmt: skip
+    state = {"Q": Z.astype(np.float32), "reduce": comps.astype(np.float32), "coords": coords,
+             "knn_indices": graph_idx, "knn_distances": graph_dist,
+             "perplexity": np.asarray(perplexity)}  # fmt: skip
+    return coords, state, params
+
+
 def transform_tsne(Q_new: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
     """Place new rows into a stored t-SNE embedding without moving its points.
 
@@ -226,7 +372,15 @@ def transform_tsne(Q_new: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarra
     Q_ref = state["Q"].astype(np.float64)
     stored = np.asarray(state["coords"], dtype=np.float64)
     graph = (state["knn_indices"], state["knn_distances"])
-    affinities = _affinities(Q_ref, float(state["perplexity"]), graph)
+    if "reduce" in state:  # a fit at scale: place in its principal-component space
+        from openTSNE.affinity import PerplexityBasedNN
+
+        Q_new = np.asarray(Q_new, dtype=np.float64) @ state["reduce"].T.astype(np.float64)
+        affinities = PerplexityBasedNN(
+            perplexity=float(state["perplexity"]), n_jobs=1, random_state=SEED,
+            knn_index=_approx_knn_index(Q_ref, len(graph[0][0]), graph))  # fmt: skip
+    else:
+        affinities = _affinities(Q_ref, float(state["perplexity"]), graph)
     embedding = TSNEEmbedding(
         stored.copy(), affinities, negative_gradient_method="bh", random_state=SEED, n_jobs=1
     )
@@ -239,13 +393,34 @@ def transform_tsne(Q_new: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarra
 # --- persisted fit state -----------------------------------------------------------------------
 
 
+def database_identity(url: str) -> str:
+    """The database a URL names, however it is spelt: a SQLite file's resolved absolute path,
+    else backend, host, port and database (never the user or password)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database or ":memory:"
+        if database != ":memory:":
+            database = str(Path(database).expanduser().resolve())
+        return f"sqlite:{database}"
+    return f"{backend}://{parsed.host or ''}:{parsed.port or ''}/{parsed.database or ''}"
+
+
 def _state_dir(settings: Settings, store: Store) -> Path:
-    key = hashlib.sha256(store.url.encode()).hexdigest()[:16]
+    key = hashlib.sha256(database_identity(store.url).encode()).hexdigest()[:16]
     return settings.home / "maps" / key
 
 
 def _state_path(settings: Settings, store: Store, token: str) -> Path:
-    return _state_dir(settings, store) / f"{token}.npz"
+    path = _state_dir(settings, store) / f"{token}.npz"
+    if not path.exists():  # state saved before maps were keyed by the database's identity
+        legacy = hashlib.sha256(store.url.encode()).hexdigest()[:16]
+        old = settings.home / "maps" / legacy / f"{token}.npz"
+        if old.exists():
+            return old
+    return path
 
 
 def _save_state(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -341,8 +516,8 @@ def refresh(
     )
     fraction = settings.map_refit_fraction if refit_fraction is None else refit_fraction
     say = progress or (lambda _m: None)
-    matrix = matrices.load(store, ts, variant, kind)
-    if not matrix.models:
+    current = matrices.stamps(store, ts, variant, kind)  # cheap: no vector is read yet
+    if not current:
         raise NotFound(
             f"no {kind} vectors for text set {ts.name!r}, variant {variant!r}",
             hint="score some models first; `atlas status` shows what is stored",
@@ -350,10 +525,14 @@ def refresh(
     latest = _series_latest(store, ts.id, variant, kind, method)  # type: ignore[arg-type]
     reason = "asked for a full refit" if full else None
     if latest is not None and reason is None:
-        inc = _incremental(store, settings, latest, matrix, fraction, say)
+        inc = _incremental(store, settings, ts, latest, current, fraction, say)
         if isinstance(inc, MapRefresh):
             return inc
         reason = inc
+    large = len(current) >= APPROXIMATE_FROM
+    say(f"loading {len(current)} models' vectors")
+    matrix = matrices.load(store, ts, variant, kind, dtype=np.float32 if large else np.float64,
+                           with_tokens=False)
     return _full(store, settings, ts, method, variant, kind, matrix, latest, reason, say)
 
 
@@ -371,13 +550,21 @@ def _full(
 ) -> MapRefresh:
     n = len(matrix.models)
     threshold = vectors.clip_threshold(matrix.values)
-    Q, offset = reference(matrix.values, threshold)
+    large = n >= APPROXIMATE_FROM
+    if large:  # float32, in place: the matrix becomes Q
+        offset = centre_in_place(matrix.values, threshold)
+        Q = matrix.values
+    else:
+        Q, offset = reference(matrix.values, threshold)
     used, note = method, reason
     if method == "tsne" and n < MIN_TSNE_MODELS:
         used = "pca"
         note = f"{n} model{'s' * (n != 1)}: too few for t-SNE, PCA instead"
     say(f"fitting {used} on {n} models x {matrix.values.shape[1]} texts")
-    coords, state, params = fit_tsne(Q) if used == "tsne" else fit_pca(Q)
+    if used == "tsne":
+        coords, state, params = fit_tsne_approx(Q) if large else fit_tsne(Q)
+    else:
+        coords, state, params = fit_pca_large(Q) if large else fit_pca(Q)
     token = uuid.uuid4().hex
     params = {"requested": method, "mode": "full", "state": token, **params}
     if note:
@@ -420,21 +607,25 @@ def _forget_previous(store: Store, settings: Settings, previous: MapSnapshot | N
 def _incremental(
     store: Store,
     settings: Settings,
+    ts: TextSet,
     latest: MapSnapshot,
-    matrix: matrices.Matrix,
+    stamps: dict[int, tuple],
     fraction: float,
     say: Progress,
 ) -> MapRefresh | str:
-    """An incremental refresh, or the reason one is not possible (a full refit follows)."""
+    """An incremental refresh, or the reason one is not possible (a full refit follows).
+
+    Decides from the piece ids alone; only the new models' vectors are read.
+    """
     root = latest if latest.parent_id is None else get_snapshot(store, latest.parent_id)
-    held = {p.model_id: (p.x, p.y) for p, _ in snapshot_points(store, latest.id)}  # type: ignore[arg-type]
+    held = queries.point_coords(store, latest.id)  # type: ignore[arg-type]
     token = str(root.params.get("state"))
     path = _state_path(settings, store, token)
     head = _load_state(path, token, ("model_ids", "stamps"))
     if head is None or "stamps" not in head:
         return "the saved fit state is missing"
-    now = matrix.model_ids
-    current = {mid: tuple(int(v) for v in st) for mid, st in zip(now, matrix.stamps, strict=True)}
+    now = list(stamps)
+    current = {mid: tuple(int(v) for v in st) for mid, st in stamps.items()}
     reference_stamps = dict(
         zip(head["model_ids"].tolist(), map(tuple, head["stamps"].tolist()), strict=True)
     )
@@ -457,8 +648,13 @@ def _incremental(
     if state is None:
         return "the saved fit state is missing"
     placed = np.zeros((0, 2))
+    names: list[str] = []
     if new:
-        rows = matrix.values[new]
+        matrix = matrices.load(store, ts, root.variant, root.kind,
+                               model_ids=[now[i] for i in new])  # fmt: skip
+        order = {mid: i for i, mid in enumerate(matrix.model_ids)}
+        rows = matrix.values[[order[now[i]] for i in new]]
+        names = [matrix.models[order[now[i]]].repo_id for i in new]
         Q_new = place_rows(rows, float(state["threshold"]), state["offset"])
         say(f"placing {len(new)} new models into snapshot #{root.id}")
         if str(state["method"]) == "tsne":
@@ -488,7 +684,7 @@ def _incremental(
         parent_id=root.id,
     )
     snap = _store_snapshot(store, snap, ids, coords)
-    return MapRefresh(snap, "incremental", [matrix.models[i].repo_id for i in new])
+    return MapRefresh(snap, "incremental", names)
 
 
 def refresh_all(

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from atlas.errors import UsageError
 from atlas.space import vectors
 from atlas.store import Store, queries
-from atlas.store.tables import VARIANTS, HubModel, TextSet, Vector
+from atlas.store.tables import VARIANTS, HubModel, TextSet
 
 KINDS = ("conditional", "unconditional", "pmi")
+LOAD_CHUNK = 256  # pieces read per query
 
 
 @dataclass
@@ -25,7 +27,7 @@ class Matrix:
     """Raw (unclipped) vectors of some models, with the pieces they came from."""
 
     models: list[HubModel]
-    values: np.ndarray  # models x N, float64
+    values: np.ndarray  # models x N, float64 (or the dtype `load` was asked for)
     stamps: list[tuple[int, ...]]  # the vector piece ids behind each row
     tokens: np.ndarray  # mean scored tokens per response, per model (nan where unknown)
 
@@ -48,6 +50,19 @@ def resolve_textset(store: Store, textset: TextSet | str) -> TextSet:
     return textset if isinstance(textset, TextSet) else store.textset(textset)
 
 
+def _stored_keys(variant: str, kind: str) -> list[tuple[str, str]]:
+    return [(variant, "conditional"), ("base", "unconditional")] if kind == "pmi" else [
+        (variant, kind)]  # fmt: skip
+
+
+def key_mark(store: Store, textset: TextSet | str, variant: str, kind: str) -> list[int]:
+    """A cheap high-water mark of one key: (count, largest id) of its stored pieces (for pmi,
+    of both kinds); it changes whenever a piece of the key is added, replaced or removed."""
+    ts = resolve_textset(store, textset)
+    variant, kind = check_key(variant, kind)
+    return [x for v, k in _stored_keys(variant, kind) for x in queries.piece_mark(store, ts, v, k)]
+
+
 def stamps(store: Store, textset: TextSet | str, variant: str, kind: str) -> dict[int, tuple]:
     """Model id -> the ids of the vector pieces its row would use (no values loaded)."""
     ts = resolve_textset(store, textset)
@@ -60,9 +75,41 @@ def stamps(store: Store, textset: TextSet | str, variant: str, kind: str) -> dic
     return {m: (cond[m], uncond[m]) for m in cond if m in uncond}
 
 
-def _mean_tokens(vec: Vector) -> float:
-    counts = vec.token_array()
-    return float(vectors.mean_tokens(counts)) if counts is not None and counts.size else np.nan
+def _fill(
+    store: Store,
+    piece_ids: list[int],
+    out: np.ndarray,
+    *,
+    subtract: bool = False,
+    with_tokens: bool = True,
+) -> list[float]:
+    """Read pieces into the rows of `out` in chunks (a few MB at a time); mean tokens per row
+    (NaN throughout without `with_tokens`, which then reads no token counts)."""
+    n = out.shape[1]
+    tokens: list[float] = []
+    for start in range(0, len(piece_ids), LOAD_CHUNK):
+        chunk = piece_ids[start : start + LOAD_CHUNK]
+        found = queries.piece_values(store, chunk, with_tokens=with_tokens)
+        for row, pid in enumerate(chunk, start=start):
+            values, counts = found[pid]
+            piece = np.frombuffer(values, dtype="<f4", count=n)
+            if subtract:
+                out[row] -= piece
+            else:
+                out[row] = piece
+            if counts is None:
+                tokens.append(np.nan)
+            else:
+                c = np.frombuffer(counts, dtype="<i4", count=n)
+                tokens.append(float(vectors.mean_tokens(c)) if c.size else np.nan)
+    return tokens
+
+
+def _models(store: Store, ids: list[int]) -> list[HubModel]:
+    rows: dict[int, HubModel] = {}
+    for start in range(0, len(ids), LOAD_CHUNK * 8):
+        rows.update(queries.models_by_id(store, ids[start : start + LOAD_CHUNK * 8]))
+    return [rows[i] for i in ids]
 
 
 def load(
@@ -73,33 +120,37 @@ def load(
     *,
     model_ids: Iterable[int] | None = None,
     weighted: bool = True,
+    dtype: Any = np.float64,
+    with_tokens: bool = True,
 ) -> Matrix:
     """The raw matrix for (text set, variant, kind), optionally only for some models.
 
+    Rows stream from the store in chunks into one array of `dtype` (float32 halves the memory
+    of large matrices; the stored values are float32, so nothing is lost for stored kinds).
+    `with_tokens=False` skips the token counts (as large as the values) when not needed.
     A resampled (weighted) text set's rows come weighted (`atlas.resample.weigh`), so every
     distance computed downstream is the weighted one; `weighted=False` gives the stored values.
     """
     ts = resolve_textset(store, textset)
     variant, kind = check_key(variant, kind)
-    ids = None if model_ids is None else list(model_ids)
+    ids = None if model_ids is None else [int(i) for i in model_ids]
     if kind == "pmi":
-        cond = queries.chosen_pieces(store, ts, variant, "conditional", ids)
-        uncond = queries.chosen_pieces(store, ts, "base", "unconditional", ids)
+        cond = queries.chosen_piece_ids(store, ts, variant, "conditional", ids)
+        uncond = queries.chosen_piece_ids(store, ts, "base", "unconditional", ids)
         keys = [m for m in cond if m in uncond]
-        rows = [vectors.pmi(cond[m][0].array(), uncond[m][0].array()) for m in keys]
-        stamp = [(int(cond[m][0].id), int(uncond[m][0].id)) for m in keys]  # type: ignore[arg-type]
-        models = [cond[m][1] for m in keys]
-        tokens = [_mean_tokens(cond[m][0]) for m in keys]
+        stamp = [(cond[m], uncond[m]) for m in keys]
     else:
-        chosen = queries.chosen_pieces(store, ts, variant, kind, ids)
-        rows = [v.array() for v, _ in chosen.values()]
-        stamp = [(int(v.id),) for v, _ in chosen.values()]  # type: ignore[arg-type]
-        models = [m for _, m in chosen.values()]
-        tokens = [_mean_tokens(v) for v, _ in chosen.values()]
-    values = np.stack(rows).astype(np.float64) if rows else np.zeros((0, ts.size))
-    if weighted and rows:
+        chosen = queries.chosen_piece_ids(store, ts, variant, kind, ids)
+        keys = list(chosen)
+        stamp = [(chosen[m],) for m in keys]
+    values = np.empty((len(keys), ts.size), dtype=dtype)
+    tokens = _fill(store, [s[0] for s in stamp], values, with_tokens=with_tokens)
+    if kind == "pmi":  # conditional minus unconditional, in `dtype`
+        _fill(store, [s[1] for s in stamp], values, subtract=True, with_tokens=False)
+    if weighted and keys:
         from atlas.resample import weigh, weights_of
 
-        values = weigh(values, weights_of(store, ts))
-    return Matrix(models, values, stamp, np.asarray(tokens, dtype=np.float64))
-
+        scale = weights_of(store, ts)
+        if scale is not None:
+            values = weigh(values, scale).astype(dtype, copy=False)
+    return Matrix(_models(store, keys), values, stamp, np.asarray(tokens, dtype=np.float64))

@@ -81,7 +81,9 @@ def kl_matrix(Xi: np.ndarray) -> np.ndarray:
     """All pairwise estimates `KL(p_i || p_j) = ||xi_i - xi_j||^2 / (2N)` in nats per text."""
     values = _f64(Xi)
     norms = np.einsum("ij,ij->i", values, values)
-    sq = norms[:, None] + norms[None, :] - 2.0 * (values @ values.T)
+    # An explicit copy of the transpose: numpy's bundled OpenBLAS has crashed (SIGSEGV) on
+    # `values @ values.T` for ~19,000 x 500 float64 matrices.
+    sq = norms[:, None] + norms[None, :] - 2.0 * (values @ values.T.copy())
     np.maximum(sq, 0.0, out=sq)
     np.fill_diagonal(sq, 0.0)
     return sq / (2.0 * values.shape[1])

@@ -176,10 +176,16 @@ class Store:
         with self.session() as s:
             return s.exec(select(HubModel).where(HubModel.repo_id == repo_id)).first()
 
-    def models(self, status: str | None = None) -> list[HubModel]:
+    def models(
+        self, status: str | None = None, *, limit: int | None = None, offset: int = 0
+    ) -> list[HubModel]:
         query = select(HubModel).order_by(HubModel.repo_id)
         if status:
             query = query.where(HubModel.status == status)
+        if offset:
+            query = query.offset(offset)
+        if limit is not None:
+            query = query.limit(limit)
         with self.session() as s:
             return list(s.exec(query))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, insert, null
 from sqlmodel import col, delete, or_, select
 
 from atlas.errors import NotFound
@@ -44,7 +44,9 @@ def _of(ts: TextSet, variant: str, kind: str) -> tuple[Any, ...]:
 
 
 def _newest_first_per_model(query: Any) -> Any:
-    return query.order_by(col(HubModel.id), col(Vector.created_at), col(Vector.id))
+    # By id, not created_at: ids grow with insertion, and SQLite stores created_at after the
+    # vector blobs, so sorting by it reads every blob's overflow pages.
+    return query.order_by(col(HubModel.id), col(Vector.id))
 
 
 def chosen_pieces(
@@ -71,13 +73,21 @@ def chosen_pieces(
     return chosen
 
 
-def chosen_piece_ids(store: Store, ts: TextSet, variant: str, kind: str) -> dict[int, int]:
+def chosen_piece_ids(
+    store: Store,
+    ts: TextSet,
+    variant: str,
+    kind: str,
+    model_ids: Iterable[int] | None = None,
+) -> dict[int, int]:
     """Model id -> id of the piece `chosen_pieces` would pick (no values loaded)."""
     query = _newest_first_per_model(
         select(Vector.id, Vector.revision, HubModel.id, HubModel.revision)
         .join(HubModel, col(HubModel.id) == Vector.model_id)
         .where(*_of(ts, variant, kind))
     )
+    if model_ids is not None:
+        query = query.where(col(Vector.model_id).in_(list(model_ids)))
     chosen: dict[int, tuple[int, str]] = {}
     with store.session() as s:
         for vid, vrev, mid, mrev in s.exec(query):
@@ -85,6 +95,29 @@ def chosen_piece_ids(store: Store, ts: TextSet, variant: str, kind: str) -> dict
             if held is None or held[1] != mrev:
                 chosen[mid] = (int(vid), vrev)
     return {m: v for m, (v, _) in chosen.items()}
+
+
+def piece_mark(store: Store, ts: TextSet, variant: str, kind: str) -> tuple[int, int]:
+    """(count, largest id) of one key's pieces, from the (text set, variant, kind) index
+    without touching the vector blobs: a high-water mark for staleness checks."""
+    query = select(func.count(col(Vector.id)), func.max(Vector.id)).where(
+        Vector.textset_id == ts.id, Vector.variant == variant, Vector.kind == kind
+    )
+    with store.session() as s:
+        n, newest = s.exec(query).one()
+    return int(n), int(newest or 0)
+
+
+def piece_values(
+    store: Store, piece_ids: Sequence[int], *, with_tokens: bool = True
+) -> dict[int, tuple[bytes, bytes | None]]:
+    """Piece id -> (values blob, token counts blob or None) for some pieces (read a chunk at a
+    time: the blobs are large)."""
+    counts = Vector.token_counts if with_tokens else null()
+    query = select(Vector.id, Vector.values, counts)  # type: ignore[call-overload]
+    query = query.where(col(Vector.id).in_(list(piece_ids)))
+    with store.session() as s:
+        return {int(i): (v, t) for i, v, t in s.exec(query)}
 
 
 def piece_revisions(store: Store, piece_ids: Iterable[int]) -> dict[int, str]:
@@ -117,6 +150,21 @@ def template_provenance(
     with store.session() as s:
         for model_id, mode, sha, clock in s.exec(query):
             found.setdefault(int(model_id), []).append((mode, sha, clock))
+    return found
+
+
+def piece_provenance(store: Store, piece_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """Piece id -> its template mode, sha256, clock and scorer version (no vector values are
+    loaded into memory; read in chunks)."""
+    found: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(piece_ids), 5000):
+        query = select(Vector.id, Vector.template_mode, Vector.template_sha256,
+                       Vector.template_clock, Vector.scorer_version).where(
+            col(Vector.id).in_(list(piece_ids[start : start + 5000])))  # fmt: skip
+        with store.session() as s:
+            for i, mode, sha, clock, scorer in s.exec(query):
+                found[int(i)] = {"mode": mode, "sha256": sha, "clock": clock,
+                                 "scorer_version": scorer}  # fmt: skip
     return found
 
 
@@ -341,6 +389,17 @@ def snapshot_points(store: Store, snapshot_id: int) -> list[tuple[MapPoint, HubM
         return [(p, m) for p, m in s.exec(query)]
 
 
+def point_coords(store: Store, snapshot_id: int) -> dict[int, tuple[float, float]]:
+    """Model id -> (x, y) of a snapshot's points, without loading the models."""
+    query = (
+        select(MapPoint.model_id, MapPoint.x, MapPoint.y)
+        .where(MapPoint.snapshot_id == snapshot_id)
+        .order_by(col(MapPoint.id))
+    )
+    with store.session() as s:
+        return {int(m): (float(x), float(y)) for m, x, y in s.exec(query)}
+
+
 def series_snapshots(
     store: Store, textset_id: int, variant: str, kind: str
 ) -> list[MapSnapshot]:
@@ -367,9 +426,9 @@ def insert_snapshot(
         snapshot.n_models = len(points)
         s.add(snapshot)
         s.flush()
-        s.add_all(
-            MapPoint(snapshot_id=snapshot.id, model_id=int(m), x=float(x), y=float(y))
-            for m, x, y in points
-        )
+        rows = [{"snapshot_id": snapshot.id, "model_id": int(m), "x": float(x), "y": float(y)}
+                for m, x, y in points]  # fmt: skip
+        if rows:  # one executemany, in order (point ids keep it)
+            s.connection().execute(insert(MapPoint.__table__), rows)  # type: ignore[attr-defined]
     return snapshot
 
