@@ -107,8 +107,11 @@ def chosen_piece_ids(
 def piece_mark(store: Store, ts: TextSet, variant: str, kind: str) -> tuple[int, int]:
     """(count, largest id) of one key's pieces, from the (text set, variant, kind) index
     without touching the vector blobs: a high-water mark for staleness checks."""
-    query = select(func.count(col(Vector.id)), func.max(Vector.id)).where(
-        Vector.textset_id == ts.id, Vector.variant == variant, Vector.kind == kind
+    query = (
+        select(func.count(col(Vector.id)), func.max(Vector.id))
+        .join(HubModel, col(HubModel.id) == Vector.model_id)
+        .where(Vector.textset_id == ts.id, Vector.variant == variant, Vector.kind == kind)
+        .where(HubModel.status == SCORED)  # a model becoming scored (or leaving it) moves it
     )
     with store.session() as s:
         n, newest = s.exec(query).one()
