@@ -22,6 +22,7 @@ from atlas.queue import ensure_queue_schema
 from atlas.queue.status import QueueStatus, queue_status, summary_line
 from atlas.queue.worker import WorkerOptions, run_worker
 from atlas.scoring import rescore
+from atlas.scoring.loading import check_options
 from atlas.scoring.rescore import RescoreSummary
 from atlas.scoring.service import ScoreSummary, score_model, template_provenance
 from atlas.settings import Settings, redact_url
@@ -42,7 +43,7 @@ class Atlas:
         self, database_url: str | None = None, *, home: Path | None = None, migrate: bool = True
     ) -> None:
         self.settings = Settings.from_env(database_url=database_url, home=home)
-        self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.settings.ensure_home()
         self.store = Store(self.settings.url, migrate=migrate)
 
     def close(self) -> None:
@@ -111,12 +112,14 @@ class Atlas:
         `variants` defaults to all four (base, cot, repeat, repeat+cot) on a pair set and to
         the one base vector on a plain set; the unconditional vector is computed once.
         """
-        return score_model(
-            self.store, str(model), textset, variants=variants, device=device, dtype=dtype,
-            max_tokens=max_tokens, name=name, revision=revision,
-            trust_remote_code=trust_remote_code, batch_tokens=batch_tokens, force=force,
-            progress=progress, log=log, weights_dir=self.settings.weights_dir,
-        )  # fmt: skip
+        check_options(device, dtype)  # before the lock, the store and the network
+        with store_lock(self.store, settings=self.settings):
+            return score_model(
+                self.store, str(model), textset, variants=variants, device=device, dtype=dtype,
+                max_tokens=max_tokens, name=name, revision=revision,
+                trust_remote_code=trust_remote_code, batch_tokens=batch_tokens, force=force,
+                progress=progress, log=log, weights_dir=self.settings.weights_dir,
+            )  # fmt: skip
 
     # --- Hub sync and Hub text sets -----------------------------------------------------
     def sync(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,15 +88,56 @@ class Settings:
         this many seconds before its first retry, then its square, cube, ... (exponential)."""
         return _positive("ATLAS_RETRY_WAIT", 5.0)
 
+    def ensure_home(self) -> Path:
+        """Create ATLAS_HOME if needed; StoreUnavailable when it is a file or not writable."""
+        from atlas.errors import StoreUnavailable
+
+        home = self.home
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+        except FileExistsError as exc:
+            raise StoreUnavailable(
+                f"ATLAS_HOME {home} is a file, not a folder", hint="point ATLAS_HOME at a folder"
+            ) from exc
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"cannot create ATLAS_HOME {home}: {exc.strerror or exc}",
+                hint="point ATLAS_HOME at a writable folder",
+            ) from exc
+        if not os.access(home, os.W_OK | os.X_OK):
+            raise StoreUnavailable(
+                f"ATLAS_HOME {home} is not writable", hint="point ATLAS_HOME at a writable folder"
+            )
+        return home
+
+
+# `user:password@` inside anything that looks like a URL or a connection string, well-formed or
+# not (`postgresql+psycopg//root:secret@host/db` has no scheme colon but still a password).
+_USERINFO = re.compile(r"(?<![^\s/'\"=(,])(?P<user>[^\s:/@'\"]*):(?P<secret>(?!/)[^\s@]*)@")
+_KEYWORD = re.compile(r"(?i)\b(password|passwd|pwd|token|api_key|secret)=(?P<secret>[^\s&;'\"]+)")
+_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{8,}")
+
+
+def redact(text: str) -> str:
+    """Hide credentials in any message: URL passwords, `password=...`, tokens (HF_TOKEN)."""
+    text = _USERINFO.sub(lambda m: f"{m['user']}:***@", str(text))
+    text = _KEYWORD.sub(lambda m: f"{m.group(1)}=***", text)
+    text = _HF_TOKEN.sub("hf_***", text)
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "PGPASSWORD"):
+        secret = os.environ.get(name, "")
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
 
 def redact_url(url: str) -> str:
-    """Hide a password in a database URL before it is printed."""
+    """Hide a password in a database URL (well-formed or not) before it is printed."""
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return redact(make_url(url).render_as_string(hide_password=True))
     except Exception:
-        return "<unparseable database URL>"
+        return redact(url)
 
 
 # --- the Hugging Face Hub: read at call time (huggingface_hub reads them only at import) -------

@@ -7,6 +7,8 @@ status `scored` or `failed` with a reason), then deletes the weights. This modul
 orchestrates: it writes no model status of its own except for models it never hands to the
 scorer. A killed run leaves `queued`/`scoring` rows that the next run picks up; vector pieces
 are written atomically and keyed, so nothing is duplicated.
+A kill counts against a model only when it died in the forward pass repeatedly (see
+MAX_FORWARD_DEATHS in the scoring service).
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ from atlas.store import Store, queries
 from atlas.store.locking import store_lock
 from atlas.store.tables import HubModel, TextSet
 
-# A model found `scoring` this many times (its runs were killed, e.g. out of memory) fails.
-MAX_ATTEMPTS = 3
-
 Progress = Callable[[str], None]
+# Deaths in the forward pass in a row after which a model fails `interrupted` (the scoring
+# service counts them; kills while downloading or loading do not count).
+MAX_ATTEMPTS = service.MAX_FORWARD_DEATHS
 
 
 @dataclass(frozen=True)
@@ -168,18 +170,20 @@ def score_hub_model(
     options: SyncOptions,
     settings: Settings,
     say: Progress,
+    *,
+    max_attempts: int | None = None,
 ) -> Any:
     """Download (safetensors and tokenizer files) and score one Hub model at its revision.
 
     The scoring service records `scoring` / `scored` / `failed` and resumes from stored pieces;
     Hub calls are retried once, inside the Hub client.
     """
-
     return service.score_model(
         store, model.repo_id, textset.name, revision=model.revision,
         variants=options.variants, device=options.device or "auto",
         dtype=options.dtype or "auto", log=say,
         weights_dir=settings.weights_dir,
+        max_forward_deaths=max_attempts or service.MAX_FORWARD_DEATHS,
     )  # fmt: skip
 
 
@@ -188,7 +192,9 @@ def score_hub_model(
 
 # Failure reasons that may not recur (the Hub, the machine, a kill): `--retry-failed` re-queues
 # them. Others (template-mismatch, non-finite, ...) are properties of the revision.
-RETRYABLE_REASONS = ("download-error", "out-of-memory", "interrupted", "error", "load-error")
+RETRYABLE_REASONS = (
+    "download-error", "out-of-memory", "interrupted", "error", "load-error", "incomplete",
+)  # fmt: skip
 
 
 def pending(
@@ -274,7 +280,10 @@ def sync(
     api: Any = None,
 ) -> SyncSummary:
     """One sync run; raises LockHeld when another holds the store's lock."""
+    from atlas.scoring.loading import check_options
+
     options = options or SyncOptions()
+    check_options(options.device, options.dtype)  # a usage error before any lock or network
     settings = settings or Settings.from_env()
     say = progress or (lambda _msg: None)
     if options.enqueue and options.rescore_outdated:
@@ -367,6 +376,8 @@ def _run(
         status, reason = process_model(store, model, textset, options, settings, say)
         if status == "scored":
             summary.scored.append(model.repo_id)
+        elif status == "skipped":
+            summary.skipped[reason or "unknown"] = summary.skipped.get(reason or "unknown", 0) + 1
         else:
             summary.failed[model.repo_id] = reason or "error"
     rescored = False
@@ -402,18 +413,19 @@ def process_model(
     Used by `atlas sync` and by queue workers (`atlas.queue.tasks`).
     """
     repo = model.repo_id
-    if model.status == "scoring" and model.attempts >= max_attempts:
-        detail = f"scoring was cut off {model.attempts} times (killed, or out of memory?)"
-        store.set_status(repo, "failed", "interrupted", detail)
-        say(f"  failed: interrupted ({detail})")
-        return "failed", "interrupted"
+    invalid = discovery.invalid_id(repo)
+    if invalid is not None:  # recorded by an older atlas: never scorable
+        store.set_status(repo, "skipped", discovery.INVALID_ID, invalid)
+        say(f"  skipped: invalid-id ({invalid})")
+        return "skipped", "invalid-id"
     if not model.revision:
         store.set_status(repo, "failed", "download-error", "the Hub gave no revision for it")
         return "failed", "download-error"
     started = time.monotonic()
     try:
         with client.quiet_bars():  # loading through transformers turns the Hub's bars back on
-            score_hub_model(store, model, textset, options, settings, say)
+            score_hub_model(store, model, textset, options, settings, say,
+                            max_attempts=max_attempts)  # fmt: skip
     except ModelFailure as failure:  # recorded by the scoring service
         say(f"  failed: {failure.reason} ({client.short(failure, 160)})")
         return "failed", failure.reason

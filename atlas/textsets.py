@@ -16,6 +16,10 @@ from atlas.store import Store, queries
 from atlas.store.queries import SAMPLE_NAME
 from atlas.store.tables import TextSet
 
+# The longest item accepted at import, in characters (prompt + response, or the text): about
+# 50,000 tokens, far beyond any model's context; scoring cuts to --max-tokens anyway.
+MAX_ITEM_CHARS = 200_000
+
 
 @dataclass(frozen=True)
 class Item:
@@ -32,6 +36,35 @@ class ImportResult:
 
     textset: TextSet
     created: bool
+    duplicates: int = 0  # items identical to an earlier item of the same set
+
+
+def check_text(value: str, where: str, field: str) -> str:
+    """Refuse text no store can hold as is: NUL characters, lone surrogates (not UTF-8)."""
+    if "\x00" in value:
+        raise TextSetError(f"{where}: {field!r} holds a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TextSetError(
+            f"{where}: {field!r} holds a lone surrogate (\\u{ord(value[exc.start]):04x}), "
+            "which is not Unicode text"
+        ) from None
+    return value
+
+
+def _checked(item: Item, where: str) -> Item:
+    size = 0
+    for field in ("prompt", "response", "text"):
+        value = getattr(item, field)
+        if value is not None:
+            check_text(value, where, field)
+            size += len(value)
+    if size > MAX_ITEM_CHARS:
+        raise TextSetError(
+            f"{where}: the item has {size:,} characters, more than the {MAX_ITEM_CHARS:,} allowed"
+        )
+    return item
 
 
 def sample_path() -> Path:
@@ -54,6 +87,10 @@ def canonical_hash(kind: str, items: Sequence[Item]) -> str:
 
 
 def _record_to_item(record: Any, where: str) -> Item:
+    return _checked(_to_item(record, where), where)
+
+
+def _to_item(record: Any, where: str) -> Item:
     if not isinstance(record, dict):
         raise TextSetError(f"{where}: expected an object, got {type(record).__name__}")
     if "messages" in record:
@@ -95,10 +132,17 @@ def _read_jsonl(path: Path) -> list[Item]:
     for lineno, line in enumerate(raw.split("\n"), start=1):
         if not line.strip():
             continue
+        if len(line) > 4 * MAX_ITEM_CHARS + 4096:  # before parsing: \uXXXX escapes are 6 chars
+            raise TextSetError(
+                f"{path.name}:{lineno}: a line of {len(line):,} characters; items may have at "
+                f"most {MAX_ITEM_CHARS:,}"
+            )
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise TextSetError(f"{path.name}:{lineno}: invalid JSON ({exc.msg})") from exc
+        except RecursionError:
+            raise TextSetError(f"{path.name}:{lineno}: JSON nested too deeply") from None
         items.append(_record_to_item(record, f"{path.name}:{lineno}"))
     return items
 
@@ -112,6 +156,8 @@ def _read_rows(rows: Iterable[dict[str, Any]], name: str) -> list[Item]:
                 record["messages"] = json.loads(record["messages"])
             except json.JSONDecodeError as exc:
                 raise TextSetError(f"{name}: row {n}: 'messages' is not JSON") from exc
+            except RecursionError:
+                raise TextSetError(f"{name}: row {n}: 'messages' nested too deeply") from None
         items.append(_record_to_item(record, f"{name}: row {n}"))
     return items
 
@@ -163,8 +209,14 @@ def import_items(
     """Store `items` as text set `name` in one transaction; identical content is a no-op."""
     if not name or len(name) > 128:
         raise TextSetError("a text set name must be 1-128 characters")
+    check_text(name, "text set name", "name")
+    if source is not None:
+        check_text(source, "text set source", "source")
+    for i, it in enumerate(items):
+        _checked(it, f"{name}: item {i + 1}")
     kind = kind_of(items, name)
     digest = canonical_hash(kind, items)
+    duplicates = len(items) - len({(it.prompt, it.response, it.text) for it in items})
     row = TextSet(name=name, kind=kind, sha256=digest, size=len(items), source=source)
     fields = ({"prompt": it.prompt, "response": it.response, "text": it.text} for it in items)
     textset, created = queries.insert_textset(store, row, fields)
@@ -173,7 +225,7 @@ def import_items(
             f"text set {name!r} already exists with different content "
             f"(stored {textset.sha256[:12]}, file {digest[:12]}); choose another `name`"
         )
-    return ImportResult(textset, created=created)
+    return ImportResult(textset, created=created, duplicates=duplicates)
 
 
 def import_file(

@@ -61,7 +61,7 @@ def _vector(model_id, textset_id, values, variant="base", kind="conditional", re
 
 
 def test_duplicates_are_impossible(store):
-    m = store.upsert_model("org/a", revision="r1")
+    m = store.upsert_model("org/a", revision="r1", status="scored")
     with store.session() as s:
         t = TextSet(name="t", kind="pairs", sha256="x" * 64, size=2)
         s.add(t)
@@ -79,7 +79,7 @@ def test_duplicates_are_impossible(store):
 
 
 def test_put_vectors_is_atomic_and_replaces(store):
-    m = store.upsert_model("org/a", revision="r1")
+    m = store.upsert_model("org/a", revision="r1", status="scored")
     with store.session() as s:
         t = TextSet(name="t", kind="pairs", sha256="x" * 64, size=2)
         s.add(t)

@@ -29,6 +29,8 @@ def _root(
 ) -> None:
     """A living map of open language models, by their log-likelihood vectors."""
     ctx.obj = common.Context(db_url=db, quiet=quiet)
+    if quiet:
+        common.silence_libraries()
 
 
 # One module per command group; each exposes `register(app)`.

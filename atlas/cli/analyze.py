@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from atlas.cli.common import ctx_obj, out_console, print_json
+from atlas.cli.common import cell, ctx_obj, out_console, print_json
 
 TEXTSET_HELP = "Text set (default: sample when it holds vectors, else the most scored one)."
 MODELS_HELP = "Comma-separated repo ids to include (default: every model with the vectors)."
@@ -39,7 +39,7 @@ def _num(value: Any, digits: int = 3) -> str:
 
 def _t(value: Any) -> Text:
     """A table cell with no markup interpretation (model names are data, not markup)."""
-    return Text(str(value))
+    return cell(value)
 
 
 def _finish(

@@ -14,18 +14,22 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
-from atlas.errors import AtlasError
+from atlas.errors import AtlasError, StoreUnavailable
+from atlas.settings import redact
 
 if TYPE_CHECKING:
     from atlas.api import Atlas
 
 DEBUG_ENV = "ATLAS_DEBUG"
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup=False: stored strings (model and text-set names) are printed as text, never as markup.
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 # Piped or redirected output keeps full model names: rich would otherwise assume 80 columns.
 out_console = Console(
     highlight=False,
     soft_wrap=True,
+    markup=False,
     width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200,
 )
 
@@ -46,9 +50,32 @@ class Context:
         return self._atlas
 
     def info(self, message: str) -> None:
-        """A message for people, on stderr, unless --quiet."""
+        """A message for people, on stderr, unless --quiet (printed as text, never markup)."""
         if not self.quiet:
-            err_console.print(message)
+            err_console.print(Text(safe(message)))
+
+
+def silence_libraries() -> None:
+    """--quiet: no progress bars, warnings or info logs from huggingface_hub and transformers."""
+    import logging
+    import warnings
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub is imported
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ["TQDM_DISABLE"] = "1"
+    for name in ("huggingface_hub", "transformers", "filelock", "httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for module in ("huggingface_hub", "transformers", "torch"):
+        warnings.filterwarnings("ignore", module=rf"{module}(\..*)?")
+    if "huggingface_hub" in sys.modules:  # already imported (in-process callers)
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def ctx_obj(ctx: typer.Context) -> Context:
@@ -57,6 +84,30 @@ def ctx_obj(ctx: typer.Context) -> Context:
         obj = Context()
         ctx.find_root().obj = obj
     return obj
+
+
+# C0/C1 controls (newline and tab kept), bidi embeddings, overrides and isolates, zero-width and
+# other format characters, line/paragraph separators, BOM, lone surrogates.
+_UNSAFE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f"
+    "\ufeff\ud800-\udfff]"
+)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe(value: object) -> str:
+    """A stored string made safe for a terminal: control, bidi and format characters escaped."""
+    text = "" if value is None else str(value)
+    return _UNSAFE.sub(_escape_char, text)
+
+
+def cell(value: object) -> Text:
+    """A table cell from a stored string: never parsed as markup, control characters escaped."""
+    return Text(safe(value))
 
 
 def human_count(n: int | None) -> str:
@@ -91,7 +142,7 @@ class _Bar:
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
             )  # fmt: skip
-            self._bar.add_task(escape(self.description), total=total)
+            self._bar.add_task(escape(safe(self.description)), total=total)
             self._bar.start()
         self._bar.advance(0, advance)
 
@@ -118,8 +169,40 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+def _one_line(text: object) -> str:
+    """One line, credentials hidden, terminal-safe."""
+    return safe(" ".join(redact(str(text)).split()))
+
+
+def _error(message: str, hint: str | None = None) -> None:
+    line = Text("error:", style="red")
+    line.append(f" {_one_line(message)}")
+    err_console.print(line)
+    if hint:
+        err_console.print(Text(f"hint: {_one_line(hint)}"))
+
+
+def _known_failure(exc: BaseException) -> AtlasError | None:
+    """Errors of the world (database refusing a write, a full disk) as atlas errors."""
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError):
+        orig = str(exc.orig if exc.orig is not None else exc).strip()
+        first = orig.splitlines()[0] if orig else type(exc).__name__
+        return StoreUnavailable(
+            f"the database refused the operation: {first}",
+            hint="check that the database is writable and its disk is not full; nothing was "
+            "half-written (the transaction was rolled back)",
+        )
+    if isinstance(exc, OSError) and exc.errno is not None:
+        where = f": {exc.filename}" if exc.filename else ""
+        return StoreUnavailable(
+            f"{exc.strerror or type(exc).__name__}{where}",
+            hint="check free disk space and the permissions of ATLAS_HOME",
+        )
+    if isinstance(exc, RecursionError):
+        return AtlasError("input nested too deeply to process")
+    return None
 
 
 def _option_flags(app: typer.Typer) -> dict[str, str]:
@@ -168,10 +251,7 @@ def run(app: typer.Typer, args: list[str] | None = None) -> int:
     except AtlasError as exc:
         if debug:
             raise
-        message = _one_line(with_flags(app, str(exc)))
-        err_console.print(f"[red]error:[/red] {escape(message)}", markup=True)
-        if exc.hint:
-            err_console.print(f"hint: {_one_line(with_flags(app, exc.hint))}", markup=False)
+        _error(with_flags(app, str(exc)), with_flags(app, exc.hint) if exc.hint else None)
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
@@ -183,7 +263,7 @@ def run(app: typer.Typer, args: list[str] | None = None) -> int:
         if callable(show):
             show()
         else:
-            err_console.print(f"error: {_one_line(exc.format_message())}")
+            _error(exc.format_message())
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -191,9 +271,13 @@ def run(app: typer.Typer, args: list[str] | None = None) -> int:
     except Exception as exc:  # last resort: never a traceback for users
         if debug:
             raise
-        err_console.print(
-            f"[red]error:[/red] unexpected {type(exc).__name__}: {_one_line(str(exc))}", markup=True
+        known = _known_failure(exc)
+        if known is not None:
+            _error(str(known), known.hint)
+            return known.exit_code
+        _error(
+            f"unexpected {type(exc).__name__}: {exc}",
+            f"rerun with {DEBUG_ENV}=1 for the full traceback",
         )
-        err_console.print(f"hint: rerun with {DEBUG_ENV}=1 for the full traceback")
         return 1
     return 0

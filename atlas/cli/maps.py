@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from atlas.cli.common import ctx_obj, out_console, print_json
+from atlas.cli.common import cell, ctx_obj, out_console, print_json
 
 
 def register(app: typer.Typer) -> None:
@@ -75,7 +74,7 @@ def register(app: typer.Typer) -> None:
                       "parent")  # fmt: skip
         for r in rows:
             table.add_row(str(r["id"]), f"{r['created_at']:%Y-%m-%d %H:%M}", r["method"],
-                          r["kind"], r["variant"], escape(r["textset"] or ""),
+                          r["kind"], r["variant"], cell(r["textset"] or ""),
                           str(r["n_models"]), r["mode"] or "",
                           str(r["parent_id"] or ""))  # fmt: skip
         out_console.print(table)
@@ -93,6 +92,6 @@ def register(app: typer.Typer) -> None:
             return
         table = Table("model", "type", "x", "y")
         for p in points:
-            table.add_row(escape(p["model"]), escape(p["model_type"] or ""), f"{p['x']:.4f}",
+            table.add_row(cell(p["model"]), cell(p["model_type"] or ""), f"{p['x']:.4f}",
                           f"{p['y']:.4f}")  # fmt: skip
         out_console.print(table)

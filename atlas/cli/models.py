@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.table import Table
 
-from atlas.cli.common import ctx_obj, human_count, out_console, print_json
+from atlas.cli.common import cell, ctx_obj, human_count, out_console, print_json, safe
 from atlas.store.tables import MODEL_STATUSES
 
 TABLE_ROWS = 500  # longer lists print as streamed plain columns
@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
             return
         table = Table("model", "status", "reason", "type", "params", "downloads")
         for r in rows:
-            table.add_row(r["model"], r["status"], r["reason"] or "", r["model_type"] or "",
+            table.add_row(cell(r["model"]), r["status"], cell(r["reason"]), cell(r["model_type"]),
                           human_count(r["parameters"]), human_count(r["downloads"]))
         out_console.print(table)
 
@@ -72,11 +72,11 @@ def register(app: typer.Typer) -> None:
         if json:
             print_json(info)
             return
-        out_console.print(f"database: {info['database']}")
-        out_console.print(f"home:     {info['home']}")
+        out_console.print(f"database: {safe(info['database'])}")
+        out_console.print(f"home:     {safe(info['home'])}")
         counts = ", ".join(f"{k} {v}" for k, v in info["models"].items())
         out_console.print(f"models:   {counts}")
-        sets = ", ".join(f"{t['name']} ({t['kind']}, {t['size']})" for t in info["textsets"])
+        sets = ", ".join(f"{safe(t['name'])} ({t['kind']}, {t['size']})" for t in info["textsets"])
         out_console.print(f"textsets: {sets or '-'}")
         if info.get("queue"):
             out_console.print(f"queue:    {info['queue']}")
@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
             skipped = c.get("skipped") or {}
             if isinstance(skipped, dict) and skipped:
                 parts.append("skipped " + ", ".join(f"{r} {n}" for r, n in skipped.items()))
-            where = f" on {c['textset']}" if c.get("textset") else ""
+            where = f" on {safe(c['textset'])}" if c.get("textset") else ""
             out_console.print(
                 f"last sync: {last['started_at']:%Y-%m-%d %H:%M}{where}, {last['status']}"
                 + (f": {'; '.join(parts)}" if parts else "")

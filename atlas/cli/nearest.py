@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
-from atlas.cli.common import ctx_obj, human_count, out_console, print_json
+from atlas.cli.common import cell, ctx_obj, human_count, out_console, print_json
 
 
 def register(app: typer.Typer) -> None:
@@ -41,7 +40,7 @@ def register(app: typer.Typer) -> None:
         table = Table("rank", "model", "KL (nats)", "KL/token", "type", "params", "downloads")
         for n in found:
             per_token = "" if n.kl_per_token is None else f"{n.kl_per_token:.4f}"
-            table.add_row(str(n.rank), Text(n.model), f"{n.kl:.4f}", per_token,
-                          Text(n.model_type or ""), human_count(n.num_parameters),
+            table.add_row(str(n.rank), cell(n.model), f"{n.kl:.4f}", per_token,
+                          cell(n.model_type), human_count(n.num_parameters),
                           human_count(n.downloads))  # fmt: skip
         out_console.print(table)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import TYPE_CHECKING
 
 import typer
 
-from atlas.cli.common import ctx_obj, out_console, print_json
+from atlas.cli.common import cell, ctx_obj, out_console, print_json
 from atlas.errors import UsageError
 from atlas.hub.discovery import DEFAULT_MAX_PARAMS, DEFAULT_MIN_DOWNLOADS, Filters
 from atlas.schedule import run_schedule
@@ -55,8 +56,8 @@ def _parse_count(text: str | None) -> int | None:
         value = float(number) * scale
     except ValueError:
         raise UsageError(f"--max-params: {text!r} is not a count like 70B or 7000000000") from None
-    if value <= 0:
-        raise UsageError("--max-params must be positive")
+    if not math.isfinite(value) or value <= 0 or value > 10**15:
+        raise UsageError(f"--max-params: {text!r} must be a positive count up to 1000T")
     return int(value)
 
 
@@ -196,10 +197,11 @@ def _render(summary: SyncSummary) -> None:
 
     table = Table("", "", show_header=False, box=None)
     for label, value in summary_rows(summary):
-        table.add_row(label, value)
+        table.add_row(label, cell(value))
     if summary.dry_run:
-        table.add_row("would score", ", ".join(summary.would_score) or "-")
+        table.add_row("would score", cell(", ".join(summary.would_score) or "-"))
     if summary.enqueued or summary.already_queued:
-        table.add_row("enqueued", f"{len(summary.enqueued)}: {', '.join(summary.enqueued) or '-'}")
+        names = ", ".join(summary.enqueued) or "-"
+        table.add_row("enqueued", cell(f"{len(summary.enqueued)}: {names}"))
         table.add_row("already queued", str(summary.already_queued))
     out_console.print(table)

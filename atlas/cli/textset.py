@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from atlas.cli.common import ctx_obj, out_console, print_json
+from atlas.cli.common import cell, ctx_obj, out_console, print_json, safe
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +26,11 @@ def register(app: typer.Typer) -> None:
         t = result.textset
         verb = "imported" if result.created else "already stored (identical content)"
         obj.info(f"{verb}: {t.name} ({t.kind}, {t.size} items, sha256 {t.sha256[:12]})")
+        if result.duplicates:
+            obj.info(
+                f"warning: {result.duplicates} item(s) repeat an earlier item of the set; "
+                "they count as separate texts"
+            )
 
     @group.command("build")
     def build(
@@ -94,7 +99,8 @@ def register(app: typer.Typer) -> None:
             return
         table = Table("name", "kind", "size", "sha256", "source")
         for r in rows:
-            table.add_row(r["name"], r["kind"], str(r["size"]), r["sha256"][:12], r["source"] or "")
+            table.add_row(cell(r["name"]), r["kind"], str(r["size"]), r["sha256"][:12],
+                          cell(r["source"]))
         out_console.print(table)
 
     @group.command("show")
@@ -114,8 +120,8 @@ def register(app: typer.Typer) -> None:
             print_json({"name": t.name, "kind": t.kind, "size": t.size, "sha256": t.sha256,
                         "source": t.source, "items": head})
             return
-        out_console.print(f"{t.name}: {t.kind}, {t.size} items, sha256 {t.sha256}")
-        out_console.print(f"source: {t.source or '-'}")
+        out_console.print(f"{safe(t.name)}: {t.kind}, {t.size} items, sha256 {t.sha256}")
+        out_console.print(f"source: {safe(t.source or '-')}")
         for row in head:
             if "text" in row:
                 out_console.print(f"[{row['index']}] {_short(row['text'])}", markup=False)
@@ -125,5 +131,5 @@ def register(app: typer.Typer) -> None:
 
 
 def _short(text: str, width: int = 100) -> str:
-    flat = " ".join(text.split())
+    flat = safe(" ".join(text.split()))
     return flat if len(flat) <= width else flat[: width - 1] + "…"

@@ -111,7 +111,11 @@ def gather(
         raise UsageError("`neighbours` must be zero or more")
     snap = maps.get_snapshot(store, snapshot_id)
     ts = queries.textset_by_id(store, snap.textset_id)
-    pairs = maps.snapshot_points(store, snap.id)  # type: ignore[arg-type]
+    # Only scored models: one being scored again or failed since the snapshot has no vectors.
+    pairs = [
+        (p, m) for p, m in maps.snapshot_points(store, snap.id)  # type: ignore[arg-type]
+        if m.status == queries.SCORED
+    ]  # fmt: skip
     points = [p for p, _ in pairs]
     models = [m for _, m in pairs]
     ids = [int(m.id) for m in models]  # type: ignore[arg-type]

@@ -4,7 +4,8 @@ Every Hub call atlas makes goes through `with_retries` exactly once: a transient
 408, 429, timeouts, cut connections) is retried after each of `RETRY_DELAYS`, anything else is
 raised at once. huggingface_hub's own retries (it retries `list_models` pages and failed HEADs)
 sit inside one attempt; nothing else wraps these calls again, so a permanently broken file
-costs at most `len(RETRY_DELAYS) + 1` attempts.
+costs at most `len(RETRY_DELAYS) + 1` attempts. A file whose HEAD keeps failing is not retried
+here at all: huggingface_hub has already retried that HEAD with its own backoff.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ def is_transient(exc: BaseException) -> bool:
     )
 
     if isinstance(exc, LocalEntryNotFoundError):
-        return True  # hf_hub_download's answer to a HEAD that timed out or was cut off
+        # hf_hub_download raises this only after retrying the failed HEAD itself (five times,
+        # up to 23 s): retrying it again here would multiply the requests (issue 11, item 3).
+        return False
     if isinstance(
         exc, (GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError)
     ):
@@ -184,5 +187,9 @@ def weights_path(weights_dir: Path, repo_id: str) -> Path:
 
 
 def remove_weights(weights_dir: Path, repo_id: str) -> None:
-    """Delete a model's downloaded files (every revision of it)."""
-    shutil.rmtree(weights_path(weights_dir, repo_id), ignore_errors=True)
+    """Delete a model's downloaded files (every revision of it); never raises."""
+    try:
+        path = weights_path(weights_dir, repo_id)
+    except Exception:  # an id huggingface_hub rejects has no folder to remove
+        return
+    shutil.rmtree(path, ignore_errors=True)

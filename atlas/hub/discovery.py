@@ -37,6 +37,32 @@ SKIP_REASONS = (
     "not-transformers", "no-safetensors", "quantized", "too-large", "low-downloads",
     "no-chat-template", "gated",
 )  # fmt: skip
+INVALID_ID = "invalid-id"  # a listed id huggingface_hub would refuse: recorded, never queued
+MAX_STORED_ID = 256  # the store's column width for repo ids
+
+
+def invalid_id(repo_id: Any) -> str | None:
+    """Why huggingface_hub would refuse this repo id, or None when it is a valid one."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(repo_id, str) or not repo_id:
+        return "empty repo id"
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        text = " ".join(str(exc).split())
+        return text if len(text) <= 300 else text[:299] + "…"
+    return None if len(repo_id) <= MAX_STORED_ID else f"repo id of {len(repo_id)} characters"
+
+
+def storable_id(repo_id: str) -> str:
+    """The key a listed id is recorded under: itself, or for an over-long one a stable digest."""
+    if len(repo_id) <= MAX_STORED_ID:
+        return repo_id
+    import hashlib
+
+    digest = hashlib.sha256(repo_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{repo_id[: MAX_STORED_ID - 18]}…{digest}"
 
 
 @dataclass(frozen=True)
@@ -84,6 +110,10 @@ class Candidate:
     total_parameters: int | None = None
     config: dict[str, Any] = field(default_factory=dict)
     base_models: list[str] = field(default_factory=list)
+    listed_id: str = ""  # the id as listed (repo_id may be shortened to be stored)
+
+    def __post_init__(self) -> None:
+        self.listed_id = self.listed_id or str(self.repo_id or "")
 
     @classmethod
     def from_info(cls, info: Any) -> Candidate:
@@ -364,6 +394,7 @@ def poll(
                 if value is not None and (newest.get(name) is None or value > newest[name]):
                     newest[name] = value
             stamp = getattr(c, key)
+            c.repo_id = storable_id(str(c.repo_id or ""))
             old = known.get(c.repo_id)
             unchanged = old is not None and old.revision == c.sha
             if mark is not None and stamp is not None and stamp < mark[key] and unchanged:
@@ -414,6 +445,13 @@ def _visit(
 ) -> dict[str, Any]:
     """Decide (or refresh) one listed model; returns the model-row fields to record."""
     fields = c.row_fields()
+    invalid = invalid_id(c.listed_id)
+    if invalid is not None:  # recorded, never queued: huggingface_hub would refuse it
+        if old is None:
+            result.new.append(c.repo_id)
+            result.skipped[INVALID_ID] += 1
+        return {**fields, "revision": None, "status": "skipped", "reason": INVALID_ID,
+                "detail": f"{invalid}: {c.listed_id[:1000]!r}"}  # fmt: skip
     changed = old is not None and old.revision != c.sha
     if old is None:
         result.new.append(c.repo_id)

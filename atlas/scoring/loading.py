@@ -11,6 +11,7 @@ import fnmatch
 import hashlib
 import importlib.util
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from atlas.scoring.templates import has_chat_template
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+MAX_NAME = 256  # the store's limit for a model name (repo id)
 
 
 @dataclass(frozen=True)
@@ -96,14 +98,22 @@ def resolve(
 
     Hub failures (missing repo, no safetensors, network) raise ModelFailure for `reference`.
     """
+    if name is not None and not 0 < len(name) <= MAX_NAME:
+        raise UsageError(f"`name` must be 1-{MAX_NAME} characters")
     folder = Path(reference).expanduser()
-    if folder.is_dir():
+    try:
+        is_dir, exists = folder.is_dir(), folder.exists()
+    except (OSError, ValueError):  # a name too long for a path, a NUL character
+        is_dir = exists = False
+    if is_dir:
         repo_id = name or folder.resolve().name
         return ModelRef(repo_id, "local", local_revision(folder), folder.resolve())
-    if _looks_local(reference) or folder.exists():
+    if _looks_local(reference) or exists:
         raise UsageError(f"no such model folder: {reference}")
     if name is not None and name != reference:
         raise UsageError("`name` applies to local folders; a Hub model is named by its repo id")
+    if len(reference) > MAX_NAME:
+        raise UsageError(f"a Hub repo id has at most {MAX_NAME} characters")
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
@@ -158,6 +168,24 @@ def fetch(
         return client.download(ref.repo_id, ref.revision, list(ref.files), cache_dir, log)
     except Exception as exc:
         raise _download_failure(ref.repo_id, exc) from exc
+
+
+def check_options(device: str | None = "auto", dtype: str | None = "auto") -> None:
+    """Refuse an unknown device or dtype, or CUDA without a GPU, before anything is touched."""
+    device = device or "auto"
+    dtype = dtype or "auto"
+    if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
+        raise UsageError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {device!r} was asked for, but torch sees no CUDA device")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"device {device!r}: torch sees {torch.cuda.device_count()} GPU(s)")
 
 
 def pick_device(device: str = "auto") -> str:

@@ -1,4 +1,13 @@
-"""Scoring into the store: status bookkeeping, provenance, resume, and failure reasons."""
+"""Scoring into the store: status bookkeeping, provenance, resume, and failure reasons.
+
+This service is the one writer of a model's scoring status. While a model is `scoring`, its
+`reason` names the phase (`download`, `load`, `forward`), so the next run knows where a killed
+run died: deaths while downloading or loading (a kill, a reboot) never count against the model;
+deaths in the forward pass count (`attempts`) until a piece is stored, and after
+MAX_FORWARD_DEATHS in a row the model fails `interrupted` (the out-of-memory killer case). A
+model becomes `scored` only when every requested piece is stored, checked in the same
+transaction that sets the status; vectors of a model that is not `scored` are never read.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +34,10 @@ Piece = tuple[str, str]
 MAX_DETAIL = 2000  # characters of a failure's detail kept in the store
 # Called as progress(advance, total): `advance` more items of `total` are scored.
 Progress = Callable[[int, int], None]
+# A model whose scoring process died this many times in a row in the forward pass, without
+# storing a piece in between, fails `interrupted` (it kills the process: out of memory).
+MAX_FORWARD_DEATHS = 3
+PHASES = ("download", "load", "forward")
 
 
 @dataclass
@@ -108,6 +121,7 @@ def score_model(
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
     weights_dir: Path | None = None,
+    max_forward_deaths: int = MAX_FORWARD_DEATHS,
 ) -> ScoreSummary:
     """Score a local folder or Hub model on a stored text set; store each piece as it finishes.
 
@@ -116,15 +130,18 @@ def score_model(
     by this run are removed, and the failure is raised.
     """
     say = log or (lambda _msg: None)
+    loading.check_options(device, dtype)
     if max_tokens is not None and max_tokens < 2:
         raise UsageError("`max_tokens` must be at least 2")
     if batch_tokens is not None and batch_tokens < 1:
         raise UsageError("`batch_tokens` must be positive")
+    if name is not None and not 0 < len(name) <= loading.MAX_NAME:
+        raise UsageError(f"`name` must be 1-{loading.MAX_NAME} characters")
+    chosen = parse_variants(variants) if variants is not None else VARIANTS
     if textset_name == textsets.SAMPLE_NAME:
         textsets.ensure_sample(store)
     textset, items = textsets.load_items(store, textset_name)
     plain = textset.kind == "plain"
-    chosen = parse_variants(variants) if variants is not None else VARIANTS
     if plain and chosen != ("base",) and variants is not None:
         raise UsageError(f"text set {textset_name!r} is plain: it has only the base variant")
 
@@ -133,7 +150,7 @@ def score_model(
     try:
         ref = loading.resolve(model_ref, name=name, revision=revision, log=say)
     except ModelFailure as failure:
-        _record_failure(store, model_ref, failure, source="hub")
+        record_failure(store, model_ref, failure, source="hub")
         raise
     row = store.model(ref.repo_id)
     done: set[Piece] = set()
@@ -147,15 +164,23 @@ def score_model(
     )  # fmt: skip
     if not todo:
         if row is not None and row.status != "scored" and row.revision == ref.revision:
-            store.set_status(ref.repo_id, "scored")
+            _finish(store, ref, textset, planned)
         say(f"{ref.repo_id}: every requested piece is already stored")
         return summary
 
-    previous = row.status if row is not None else "discovered"
-    attempts = (row.attempts if row is not None else 0) + 1
+    previous = _snapshot(row)
+    deaths = forward_deaths(row)
+    if deaths >= max_forward_deaths:
+        failure = ModelFailure(
+            "interrupted",
+            f"the scoring process died {deaths} times in a row in the forward pass without "
+            "storing a piece (out of memory?); `atlas sync --retry-failed` tries it again",
+        )
+        record_failure(store, ref.repo_id, failure, source=ref.source)
+        raise failure
     store.upsert_model(
-        ref.repo_id, status="scoring", reason=None, detail=None, revision=ref.revision,
-        source=ref.source, attempts=attempts,
+        ref.repo_id, status="scoring", reason="download", detail="downloading",
+        revision=ref.revision, source=ref.source, attempts=deaths,
     )  # fmt: skip
     written: list[int] = []
     try:
@@ -163,31 +188,74 @@ def score_model(
              device=device, dtype=dtype, max_tokens=max_tokens,
              trust_remote_code=trust_remote_code, batch_tokens=batch_tokens,
              progress=progress, say=say, weights_dir=weights_dir)  # fmt: skip
+        _finish(store, ref, textset, planned)
     except ModelFailure as failure:
         queries.delete_vectors(store, written)
-        _record_failure(store, ref.repo_id, failure, source=ref.source)
+        record_failure(store, ref.repo_id, failure, source=ref.source)
+        raise
+    except UsageError:
+        # A usage error is the caller's, never the model's: nothing about the model changes.
+        queries.delete_vectors(store, written)
+        store.upsert_model(ref.repo_id, **previous)
         raise
     except (KeyboardInterrupt, SystemExit):
-        # Finished pieces stay: the next run resumes from them.
-        store.set_status(ref.repo_id, previous)
+        # Finished pieces stay (invisible until the model is scored): the next run resumes.
+        store.upsert_model(ref.repo_id, **previous)
         raise
     except Exception as exc:
         queries.delete_vectors(store, written)
         detail = f"{type(exc).__name__}: {exc}"[:MAX_DETAIL]
         store.set_status(ref.repo_id, "failed", "error", detail)
         raise
-    store.upsert_model(ref.repo_id, status="scored", reason=None, detail=None, attempts=0)
     return summary
 
 
-def _record_failure(store: Store, repo_id: str, failure: ModelFailure, *, source: str) -> None:
+def _snapshot(row: Any) -> dict[str, Any]:
+    """The status fields to restore when a run is cut short by the user or a usage error."""
+    if row is None:
+        return {"status": "discovered", "reason": None, "detail": None, "attempts": 0}
+    if row.status == "scoring":  # left by a killed run: keep it queued for the next one
+        return {"status": "queued", "reason": None, "detail": None, "attempts": row.attempts}
+    return {"status": row.status, "reason": row.reason, "detail": row.detail,
+            "attempts": row.attempts}  # fmt: skip
+
+
+def forward_deaths(row: Any) -> int:
+    """How many times in a row scoring died in the forward pass, this death included.
+
+    A row left `scoring` by a killed run says where it died: in `forward`, the death counts;
+    while downloading or loading it does not (a kill is not the model's fault).
+    """
+    if row is None or row.status != "scoring":
+        return 0
+    return int(row.attempts or 0) + (1 if row.reason == "forward" else 0)
+
+
+def _finish(store: Store, ref: loading.ModelRef, textset: Any, planned: Sequence[Piece]) -> None:
+    """Mark the model scored, only if every requested piece is stored (one transaction)."""
+    missing = store.finish_scoring(
+        ref.repo_id, revision=ref.revision, textset=textset, pieces=list(planned)
+    )
+    if missing:
+        names = ", ".join(f"{v}/{k}" for v, k in missing)
+        raise ModelFailure("incomplete", f"pieces missing after scoring: {names}")
+
+
+def _phase(store: Store, repo_id: str, phase: str, detail: str) -> None:
+    """Record what a scoring run is doing, so that a killed run's successor knows."""
+    store.upsert_model(repo_id, reason=phase, detail=detail)
+
+
+def record_failure(store: Store, repo_id: str, failure: ModelFailure, *, source: str) -> None:
+    """Record a model's failure with its reason (the row is created if need be)."""
     row = store.model(repo_id)
     fields: dict[str, Any] = dict(
-        status="failed", reason=failure.reason, detail=failure.detail[:MAX_DETAIL]
+        status="failed", reason=failure.reason, detail=failure.detail[:MAX_DETAIL], attempts=0
     )
     if row is None:
         fields["source"] = source
     store.upsert_model(repo_id, **fields)
+
 
 
 def _run(
@@ -208,11 +276,11 @@ def _run(
     say: Callable[[str], None],
     weights_dir: Path | None,
 ) -> None:
-
     if ref.source == "hub":
         say(f"downloading {ref.repo_id}@{ref.revision[:10]} (safetensors and tokenizer files)")
     folder = loading.fetch(ref, weights_dir, say)
     say(f"loading {ref.repo_id}")
+    _phase(store, ref.repo_id, "load", "loading")
     loaded = loading.load(folder, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     store.upsert_model(
         ref.repo_id, model_type=loaded.model_type, architecture=loaded.architecture,
@@ -236,7 +304,7 @@ def _run(
             template_sha256=template.sha256 if template else None,
             template_clock=template.clock if template else None,
         )  # fmt: skip
-        store.put_vectors([vector])
+        store.put_vectors([vector], progress_of=model_id)
         written.append(vector.id)  # type: ignore[arg-type]
         summary.computed.append((piece.variant, piece.kind))
         summary.scored_tokens += piece.tokens
@@ -245,6 +313,7 @@ def _run(
 
     total = len(items) * len(todo)
     tick = None if progress is None else (lambda n: progress(n, total))
+    _phase(store, ref.repo_id, "forward", f"scoring {len(todo)} piece(s)")
     started = time.perf_counter()
     score_items(
         loaded.model, loaded.tokenizer, items, pieces=todo, max_tokens=max_tokens,

@@ -342,6 +342,22 @@ def truncate(request: Request, max_tokens: int | None, *, plain: bool = False) -
     return Request(request.ids[first : first + max_tokens], 1, RESPONSE_TRUNCATED, request.mode)
 
 
+def char_budget(tokenizer: Any, max_tokens: int | None) -> int | None:
+    """Characters that surely hold more than `max_tokens` tokens: text beyond is never scored.
+
+    No token covers more characters than its longest vocabulary string, so cutting a text to
+    (max_tokens + 16) x that length keeps every token that truncation would keep, and bounds the
+    memory tokenizing one item can take, however long the item.
+    """
+    if max_tokens is None:
+        return None
+    try:
+        longest = max((len(t) for t in tokenizer.get_vocab()), default=0)
+    except Exception:  # a tokenizer without a vocabulary listing: no cut
+        return None
+    return (max_tokens + 16) * max(longest, 1)
+
+
 def build_requests(
     tokenizer: Any,
     items: Sequence[Any],
@@ -353,15 +369,19 @@ def build_requests(
 ) -> list[Request]:
     """One request per item for a (variant, kind) piece; items have prompt/response or text."""
     out: list[Request] = []
+    cut = char_budget(tokenizer, max_tokens)
     for item in items:
         if plain:
             if kind != UNCONDITIONAL or variant != "base":
                 raise UsageError("plain text sets have only the base unconditional vector")
-            request = plain_request(tokenizer, item.text)
+            request = plain_request(tokenizer, item.text[:cut])
         elif kind == CONDITIONAL:
-            request = pair_request(tokenizer, transform_prompt(item.prompt, variant), item.response)
+            prompt = transform_prompt(item.prompt, variant)
+            if cut is not None and len(prompt) > cut:
+                prompt = prompt[-cut:]  # truncation keeps the prompt's end
+            request = pair_request(tokenizer, prompt, item.response[:cut])
         elif kind == UNCONDITIONAL:
-            request = pair_request(tokenizer, "", item.response)
+            request = pair_request(tokenizer, "", item.response[:cut])
         else:
             raise UsageError(f"unknown vector kind {kind!r}")
         out.append(truncate(request, max_tokens, plain=plain))

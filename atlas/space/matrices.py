@@ -20,6 +20,7 @@ from atlas.store.tables import VARIANTS, HubModel, TextSet
 
 KINDS = ("conditional", "unconditional", "pmi")
 LOAD_CHUNK = 256  # pieces read per query
+SCORED = queries.SCORED
 
 
 @dataclass

@@ -19,6 +19,8 @@ from atlas.space import matrices, vectors
 from atlas.store import Store, queries
 from atlas.store.tables import HubModel, TextSet
 
+MAX_K = 10_000  # neighbours one query may ask for
+
 
 @dataclass
 class Neighbour:
@@ -82,8 +84,12 @@ def nearest(
     `model` is a stored model, or a local folder or Hub id that is scored on the fly (stored
     only when `add`; otherwise placed with the index's clip threshold and forgotten).
     """
-    if k < 1:
-        raise UsageError("-k must be at least 1")
+    if not 1 <= k <= MAX_K:
+        raise UsageError(f"-k must be between 1 and {MAX_K:,}")
+    if score_options:
+        from atlas.scoring.loading import check_options
+
+        check_options(score_options.get("device"), score_options.get("dtype"))
     say = log or (lambda _msg: None)
     variant, kind = matrices.check_key(variant, kind)
     ts = (
@@ -103,7 +109,12 @@ def nearest(
                 hint=_score_hint(model, ts),
             )
         if add:
-            row = _score_and_store(store, settings, model, ts, variant, kind, say, score_options)
+            from atlas.store.locking import store_lock
+
+            with store_lock(store, settings=settings):  # it writes vectors: one writer
+                row = _score_and_store(
+                    store, settings, model, ts, variant, kind, say, score_options
+                )
             mine = matrices.load(store, ts, variant, kind, model_ids=[row.id])  # type: ignore[list-item]
         else:
             placed = _score_unstored(store, settings, model, ts, variant, kind, say, score_options)

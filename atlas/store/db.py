@@ -43,12 +43,26 @@ def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite gets foreign keys on and a busy timeout."""
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise StoreUnavailable(f"invalid database URL {url!r}") from exc
+        port = parsed.port  # a non-numeric port fails here, not at connect time
+    except (ArgumentError, ValueError) as exc:
+        raise StoreUnavailable(
+            f"invalid database URL {redact_url(url)}",
+            hint="use sqlite:///PATH or postgresql+psycopg://USER@HOST[:PORT]/DB",
+        ) from exc
+    if port is not None and not 0 < port < 65536:
+        raise StoreUnavailable(f"invalid port {port} in database URL {redact_url(url)}")
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(database).expanduser().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreUnavailable(
+                    f"cannot create the database folder {folder}: {exc.strerror or exc}"
+                ) from exc
+            if Path(database).expanduser().is_dir():
+                raise StoreUnavailable(f"the database path {database} is a folder, not a file")
         try:
             engine = create_engine(url, connect_args={"timeout": 30})
         except NoSuchModuleError as exc:
@@ -75,6 +89,12 @@ def _connect_args(parsed: Any) -> dict[str, Any]:
     if parsed.get_backend_name() == "postgresql":
         return {"connect_timeout": 10}
     return {}
+
+
+def _first_line(exc: DBAPIError) -> str:
+    """The driver's own message, first line only (no SQL, no parameters)."""
+    text = str(exc.orig if exc.orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Store:
@@ -108,7 +128,13 @@ class Store:
 
     def ensure_schema(self) -> bool:
         """Migrate to the newest schema when behind; True when a migration ran."""
-        if self.current_revision() == self.head_revision():
+        try:
+            current = self.current_revision()
+        except DBAPIError as exc:  # e.g. a file that is not a database
+            raise StoreUnavailable(
+                f"cannot read database {redact_url(self.url)}: {_first_line(exc)}"
+            ) from exc
+        if current == self.head_revision():
             return False
         self.upgrade()
         return True
@@ -127,6 +153,10 @@ class Store:
                 getattr(command, verb)(alembic_config(self.url, conn), revision)
         except (StoreUnavailable, MigrationError):
             raise
+        except DBAPIError as exc:  # read-only file, full disk, not a database
+            raise StoreUnavailable(
+                f"database {verb} of {redact_url(self.url)} failed: {_first_line(exc)}"
+            ) from exc
         except Exception as exc:  # alembic raises a variety of types
             raise MigrationError(f"database {verb} to {revision} failed: {exc}") from exc
 
@@ -135,9 +165,8 @@ class Store:
         try:
             conn = self.engine.connect()
         except (OperationalError, DBAPIError) as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             raise StoreUnavailable(
-                f"cannot open database {redact_url(self.url)}: {reason}"
+                f"cannot open database {redact_url(self.url)}: {_first_line(exc)}"
             ) from exc
         try:
             yield conn
@@ -216,9 +245,18 @@ class Store:
         return {status: int(n) for status, n in rows}
 
     # --- vectors ------------------------------------------------------------------------
-    def put_vectors(self, pieces: Sequence[Vector]) -> None:
-        """Write several vector pieces atomically, replacing same-key pieces."""
+    def put_vectors(self, pieces: Sequence[Vector], *, progress_of: int | None = None) -> None:
+        """Write several vector pieces atomically, replacing same-key pieces.
+
+        `progress_of`: the model whose scoring advanced; its forward-pass death count is reset
+        in the same transaction.
+        """
         with self.session() as s:
+            if progress_of is not None:
+                row = s.get(HubModel, progress_of)
+                if row is not None and row.attempts:
+                    row.attempts = 0
+                    s.add(row)
             for piece in pieces:
                 old = s.exec(
                     select(Vector).where(
@@ -233,6 +271,35 @@ class Store:
                     s.delete(old)
                     s.flush()
                 s.add(piece)
+
+    def finish_scoring(
+        self, repo_id: str, *, revision: str, textset: TextSet, pieces: Sequence[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """Mark a model `scored` if every piece is stored for this revision and text set.
+
+        Checked and set in one transaction; returns the missing pieces (nothing changes then).
+        """
+        with self.session() as s:
+            row = s.exec(select(HubModel).where(HubModel.repo_id == repo_id)).one()
+            have = set(
+                s.exec(
+                    select(Vector.variant, Vector.kind).where(
+                        Vector.model_id == row.id,
+                        Vector.revision == revision,
+                        Vector.textset_id == textset.id,
+                        Vector.textset_sha256 == textset.sha256,
+                        Vector.n == textset.size,
+                    )
+                ).all()
+            )
+            missing = [p for p in pieces if tuple(p) not in have]
+            if missing:
+                return missing
+            row.status, row.reason, row.detail, row.attempts = "scored", None, None, 0
+            row.revision = revision
+            row.updated_at = utcnow()
+            s.add(row)
+        return []
 
     def vector_pieces(
         self, *, textset_id: int, model_id: int | None = None, revision: str | None = None
@@ -262,8 +329,14 @@ class Store:
         with self.session() as s:
             return s.exec(select(SyncRun).order_by(col(SyncRun.started_at).desc())).first()
 
-    def high_water_mark(self) -> tuple[int, int]:
-        """(number of vector pieces, largest piece id): changes whenever vectors change."""
+    def high_water_mark(self) -> tuple[int, int, int]:
+        """(pieces of scored models, their largest id, the sum of their ids): changes whenever
+        the readable vectors change, a model becoming scored or leaving `scored` included."""
+        query = (
+            select(func.count(col(Vector.id)), func.max(Vector.id), func.sum(Vector.id))
+            .join(HubModel, col(HubModel.id) == Vector.model_id)
+            .where(HubModel.status == "scored")
+        )
         with self.session() as s:
-            n, newest = s.exec(select(func.count(col(Vector.id)), func.max(Vector.id))).one()
-        return int(n), int(newest or 0)
+            n, newest, total = s.exec(query).one()
+        return int(n), int(newest or 0), int(total or 0)

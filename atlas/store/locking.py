@@ -1,4 +1,11 @@
-"""One writer at a time per store: a file lock for SQLite, an advisory lock for Postgres."""
+"""One writer at a time per store: a file lock for SQLite, an advisory lock for Postgres.
+
+The lock belongs to the store itself, not to ATLAS_HOME: for SQLite it is a file beside the
+database file (`atlas.db.lock`), for Postgres a session advisory lock inside the database. Every
+command that writes vectors or deletes downloaded weights (`sync`, `score`, `nearest --add`,
+`nearest` scoring a model on the fly, the scheduled jobs) holds it for its whole run; a second
+one exits at once with LockHeld (exit code 6). Locks die with their process (kill -9 included).
+"""
 
 from __future__ import annotations
 
@@ -29,24 +36,29 @@ def _sqlite_file(store: Store) -> str | None:
     return None if database in (None, "", ":memory:") else database
 
 
-def lock_path(store: Store, name: str, settings: Settings | None = None) -> Path:
-    """The lock file for a SQLite store: under ATLAS_HOME/locks, keyed by the database file."""
-    target = str(Path(_sqlite_file(store) or ":memory:").expanduser().resolve())
-    digest = hashlib.sha256(target.encode()).hexdigest()[:16]
-    home = (settings or Settings.from_env()).home
-    return home / "locks" / f"{name}-{digest}.lock"
+# The one writer lock's name: sync, score and nearest --add all take the same lock.
+WRITER = "sync"
+WRITERS = "sync, score or nearest --add"
+
+
+def lock_path(store: Store, name: str = WRITER, settings: Settings | None = None) -> Path:
+    """The lock file for a SQLite store: beside the database file, whatever ATLAS_HOME is."""
+    database = Path(_sqlite_file(store) or ":memory:").expanduser().resolve()
+    suffix = ".lock" if name == WRITER else f".{name}.lock"
+    return database.with_name(database.name + suffix)
 
 
 def _held_message(name: str, store: Store) -> LockHeld:
+    what = f"atlas writer ({WRITERS})" if name == WRITER else f"atlas {name}"
     return LockHeld(
-        f"another atlas {name} is running on {redact_url(store.url)}",
-        hint=f"wait for it to finish; `atlas {name}` is safe to call again (cron included)",
+        f"another {what} is running on {redact_url(store.url)}",
+        hint="wait for it to finish; `atlas sync` is safe to call again (cron included)",
     )
 
 
 @contextmanager
 def store_lock(
-    store: Store, name: str = "sync", settings: Settings | None = None
+    store: Store, name: str = WRITER, settings: Settings | None = None
 ) -> Iterator[None]:
     """Hold the store's `name` lock for the block, or raise LockHeld at once if it is taken."""
     if store.dialect == "postgresql":
@@ -65,7 +77,6 @@ def _file_lock(store: Store, name: str, settings: Settings | None) -> Iterator[N
     from filelock import FileLock, Timeout
 
     path = lock_path(store, name, settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # thread_local=False and a fresh object each time: a second acquire in this process, from any
     # thread, contends like another process would (flock is per open file description).
     lock = FileLock(path, timeout=0, thread_local=False)
@@ -73,6 +84,11 @@ def _file_lock(store: Store, name: str, settings: Settings | None) -> Iterator[N
         lock.acquire()
     except Timeout:
         raise _held_message(name, store) from None
+    except OSError as exc:
+        raise StoreUnavailable(
+            f"cannot create the lock file {path} beside the database: {exc.strerror or exc}",
+            hint="the database's folder must be writable for commands that write",
+        ) from exc
     try:
         yield
     finally:

@@ -4,6 +4,9 @@
   revision when stored, else its newest (`chosen_pieces`, `chosen_piece_ids`).
 - **Default text set**: `sample` when it holds vectors for the key, else the text set with the
   most models holding them, ties by name (`default_textset`).
+- **Scored only**: pieces of a model that is not `scored` (being scored, failed, left by a
+  killed run) are never read: every query that hands vectors to indexes, neighbours, maps,
+  analyses or exports goes through `_of`.
 """
 
 from __future__ import annotations
@@ -32,9 +35,13 @@ SAMPLE_NAME = "sample"
 # --- vectors ----------------------------------------------------------------------------------
 
 
+SCORED = "scored"
+
+
 def _of(ts: TextSet, variant: str, kind: str) -> tuple[Any, ...]:
-    """Conditions for pieces of one key that match the text set's content."""
+    """Conditions for pieces of one key that match the text set's content, of scored models."""
     return (
+        HubModel.status == SCORED,
         Vector.textset_id == ts.id,
         Vector.variant == variant,
         Vector.kind == kind,
@@ -100,8 +107,11 @@ def chosen_piece_ids(
 def piece_mark(store: Store, ts: TextSet, variant: str, kind: str) -> tuple[int, int]:
     """(count, largest id) of one key's pieces, from the (text set, variant, kind) index
     without touching the vector blobs: a high-water mark for staleness checks."""
-    query = select(func.count(col(Vector.id)), func.max(Vector.id)).where(
-        Vector.textset_id == ts.id, Vector.variant == variant, Vector.kind == kind
+    query = (
+        select(func.count(col(Vector.id)), func.max(Vector.id))
+        .join(HubModel, col(HubModel.id) == Vector.model_id)
+        .where(Vector.textset_id == ts.id, Vector.variant == variant, Vector.kind == kind)
+        .where(HubModel.status == SCORED)  # a model becoming scored (or leaving it) moves it
     )
     with store.session() as s:
         n, newest = s.exec(query).one()
@@ -215,7 +225,8 @@ def default_textset(store: Store, variant: str = "base", kind: str = "conditiona
     query = (
         select(TextSet, func.count(func.distinct(Vector.model_id)))
         .join(Vector, col(Vector.textset_id) == TextSet.id)
-        .where(Vector.variant == variant, Vector.kind == kind)
+        .join(HubModel, col(HubModel.id) == Vector.model_id)
+        .where(Vector.variant == variant, Vector.kind == kind, HubModel.status == SCORED)
         .group_by(col(TextSet.id))
     )
     with store.session() as s:
@@ -288,11 +299,20 @@ def record_models(store: Store, updates: dict[str, dict[str, Any]]) -> None:
         for repo, fields in updates.items():
             row = existing.get(repo)
             if row is None:
-                row = HubModel(repo_id=repo, author=repo.split("/")[0] if "/" in repo else None)
+                author = repo.split("/")[0][:128] if "/" in repo else None
+                row = HubModel(repo_id=repo, author=author)
             for key, value in fields.items():
-                setattr(row, key, value)
+                setattr(row, key, _fit(key, value))
             row.updated_at = now
             s.add(row)
+
+
+def _fit(column: str, value: Any) -> Any:
+    """A listed string cut to its column's width (hostile listings must not fail a poll)."""
+    if not isinstance(value, str):
+        return value
+    width = getattr(HubModel.__table__.c[column].type, "length", None)  # type: ignore[attr-defined]
+    return value[:width] if width else value
 
 
 def hub_models_to_score(
