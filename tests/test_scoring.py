@@ -153,23 +153,29 @@ def test_a_failed_model_records_its_reason_and_stores_nothing(
     assert atlas_db.store.vector_pieces(textset_id=textset.id, model_id=row.id) == []
 
 
-def test_a_failure_after_some_pieces_removes_them(atlas_db, zoo_by_name):
+def test_a_failure_after_some_pieces_removes_them(atlas_db, zoo_by_name, monkeypatch):
     path = zoo_by_name["atlas-zoo/qwen-chat-b"].path
     textset = atlas_db.store.textset("mini")
-    done = {"items": 0}
+    store = atlas_db.store
+    put = store.put_vectors
+    stored = {"pieces": 0}
 
-    def fail_in_the_second_piece(n: int, total: int) -> None:
-        done["items"] += n
-        if done["items"] > textset.size:  # the first piece is already stored by now
-            model = atlas_db.store.model("qwen-chat-b")
-            assert atlas_db.store.vector_pieces(textset_id=textset.id, model_id=model.id)
+    # The pieces share prefixes, so they are scored together and stored one after another:
+    # the second write fails (after the first piece is really in the store).
+    def fail_in_the_second_piece(pieces):
+        if stored["pieces"] == 1:
+            model = store.model("qwen-chat-b")
+            assert store.vector_pieces(textset_id=textset.id, model_id=model.id)
             raise ModelFailure("out-of-memory", "injected after the first piece")
+        put(pieces)
+        stored["pieces"] += 1
 
+    monkeypatch.setattr(store, "put_vectors", fail_in_the_second_piece)
     with pytest.raises(ModelFailure):
-        atlas_db.score(path, "mini", progress=fail_in_the_second_piece)
-    row = atlas_db.store.model("qwen-chat-b")
+        atlas_db.score(path, "mini")
+    row = store.model("qwen-chat-b")
     assert (row.status, row.reason) == ("failed", "out-of-memory")
-    assert atlas_db.store.vector_pieces(textset_id=textset.id, model_id=row.id) == []
+    assert store.vector_pieces(textset_id=textset.id, model_id=row.id) == []
 
 
 def test_plain_sets_give_one_unconditional_vector(atlas_db, zoo_by_name):
