@@ -82,11 +82,11 @@ def main() -> None:
         default=ROOT / "validation",
         help="report folder (its atlas store lives in OUT/home)",
     )
-    parser.add_argument("--pairs", type=int, default=24, help="sample pairs to score")
-    parser.add_argument("--prompts", type=int, default=12, help="validate-kl prompts")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="validate-kl answers")
-    parser.add_argument("--steps", type=int, default=8, help="fine-tuning steps (first level)")
-    parser.add_argument("--child-steps", type=int, default=4, help="steps of the second level")
+    parser.add_argument("--pairs", type=int, default=10, help="sample pairs to score")
+    parser.add_argument("--prompts", type=int, default=6, help="validate-kl prompts")
+    parser.add_argument("--max-new-tokens", type=int, default=24, help="validate-kl answers")
+    parser.add_argument("--steps", type=int, default=4, help="fine-tuning steps (first level)")
+    parser.add_argument("--child-steps", type=int, default=2, help="steps of the second level")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fresh", action="store_true", help="start from an empty store")
     opts = parser.parse_args()
