@@ -58,7 +58,9 @@ def main() -> None:
             )
             contexts.append(prefix)
             continuations.append(full[len(prefix) :])
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=8, max_length=8192)
+        lm = HFLM(
+            pretrained=model, tokenizer=tokenizer, batch_size=8, max_length=8192, device="cpu"
+        )
 
         def loglikelihood(pairs: list[tuple[str, str]]) -> np.ndarray:
             requests = [
