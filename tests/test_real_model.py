@@ -96,7 +96,7 @@ def test_a_local_card_records_lineage_through_atlas_score(cli, smollm, tmp_path)
     assert cli("textset", "import", str(pairs), "--name", "two").exit_code == 0
     r = cli("score", str(folder), "--name", real.BASE, "--textset", "two", "--variants", "base")
     assert r.exit_code == 0, r.stderr
-    rows = {m["repo_id"]: m for m in json.loads(cli("models", "list", "--json").stdout)}
+    rows = {m["model"]: m for m in json.loads(cli("models", "list", "--json").stdout)}
     assert rows[real.BASE]["base_models"] == [real.UPSTREAM]
     assert rows[real.BASE]["status"] == "scored"
 
