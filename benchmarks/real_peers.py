@@ -26,7 +26,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from atlas.scorer import score_items
+    from atlas.scoring.engine import score_items
     from atlas.testing import real
     from atlas.textsets import read_items, sample_path
 

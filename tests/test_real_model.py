@@ -49,7 +49,7 @@ def test_the_gguf_model_is_a_working_chat_model(smollm):
 
 
 def test_scorer_matches_the_naive_float64_reference(smollm):
-    from atlas.scorer import score_items
+    from atlas.scoring.engine import score_items
 
     _, model, tokenizer = smollm
     items = read_items(sample_path())[:4]
@@ -67,7 +67,7 @@ def test_scorer_matches_the_naive_float64_reference(smollm):
 def test_natural_answers_score_far_above_shuffled_ones(smollm):
     """A real model prefers an answer to the same words in random order: a random model
     scores both alike, so this sanity check separates real weights from random ones."""
-    from atlas.scorer import score_items
+    from atlas.scoring.engine import score_items
     from atlas.textsets import Item
 
     _, model, tokenizer = smollm

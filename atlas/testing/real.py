@@ -363,9 +363,10 @@ def build_family(
 
 # --- an independent reference for the scorer --------------------------------------------------
 def reference_loglik(model: Any, tokenizer: Any, prompt: str, response: str) -> float:
-    """log p(response | prompt) straight from the README's definition, one pair at a time:
-    render prefix and full text, tokenize the full text once (no special tokens added), and sum
-    the float64 log-softmax of every token that ends after the generation prompt."""
+    """log p(response | prompt) straight from the README's definition, one pair at a time, for
+    templates whose context is the generation prompt (ChatML, as SmolLM2's): render prefix and
+    full text, tokenize the full text once (no special tokens added), and sum the float64
+    log-softmax of every token that ends after the generation prompt."""
     import torch
 
     user = [{"role": "user", "content": prompt}]
