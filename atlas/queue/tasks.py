@@ -85,7 +85,23 @@ def score_job(
 ) -> dict[str, Any]:
     """Score one Hub model on one text set with the existing sync path; see module docstring."""
     env = _env(context)
-    store, settings, job = env.store, env.settings, context.job
+    env.running[context.job.id] = repo_id  # first: a second SIGTERM puts the job back at once
+    try:
+        return _score(env, context.job, repo_id, revision, textset, variants, dtype)
+    finally:
+        env.running.pop(context.job.id, None)
+
+
+def _score(
+    env: WorkerEnv,
+    job: Any,
+    repo_id: str,
+    revision: str | None,
+    textset: str,
+    variants: list[str] | None,
+    dtype: str | None,
+) -> dict[str, Any]:
+    store, settings = env.store, env.settings
     model = store.model(repo_id)
     if model is None:
         raise NotRetried(f"{repo_id} is not in the store")
@@ -99,7 +115,6 @@ def score_job(
     attempt = job.attempts + 1
     env.say(f"job {job.id}: {repo_id}@{(model.revision or '?')[:12]} on {textset} "
             f"(attempt {attempt})")  # fmt: skip
-    env.running[job.id] = repo_id
     started = time.monotonic()
     try:
         with model_lock(store, repo_id):
@@ -111,8 +126,6 @@ def score_job(
         if job.attempts >= RETRIES:
             _record_error(store, repo_id, exc)
         raise
-    finally:
-        env.running.pop(job.id, None)
     if status == "scored":
         defer_refresh(store, textset)
         return {"status": "scored", "seconds": round(time.monotonic() - started, 3)}

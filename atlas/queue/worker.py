@@ -150,9 +150,8 @@ class _Runner:
         self.signals += 1
         name = signal.Signals(sig).name
         if self.signals == 1:
-            running = ", ".join(self.env.running.values())
-            what = f"finishing {running}" if running else "nothing running"
-            self.say(f"{name}: {what}, then exiting (send it again to abort)")
+            running = ", ".join(self.env.running.values()) or "the current model, if any"
+            self.say(f"{name}: finishing {running}, then exiting (send it again to abort)")
             self.worker.stop()
         else:
             self.say(f"{name} again: aborting; the job goes back on the queue")
