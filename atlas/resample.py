@@ -18,12 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sqlmodel import col, select
 
 from atlas.errors import TextSetError, UsageError
 from atlas.space import vectors
-from atlas.store import Store
-from atlas.store.tables import TextItem, TextSet, Vector
+from atlas.store import Store, queries
+from atlas.store.tables import TextItem, TextSet
 
 METHODS = ("uniform", "variance")
 
@@ -99,15 +98,9 @@ def weights_of(store: Store, textset: TextSet) -> np.ndarray | None:
     """Per-item scales `w * sqrt(K' / N)` of a resampled set (K' items of N), or None."""
     if textset.parent_id is None:
         return None
-    with store.session() as s:
-        rows = s.exec(
-            select(TextItem.weight).where(TextItem.textset_id == textset.id).order_by(TextItem.idx)
-        ).all()
+    rows, n = queries.item_weights(store, textset)
     if not rows or all(w is None for w in rows):
         return None
-    with store.session() as s:
-        parent = s.get(TextSet, textset.parent_id)
-    n = parent.size if parent is not None else len(rows)
     weights = np.asarray([1.0 if w is None else float(w) for w in rows], dtype=np.float64)
     return weights * np.sqrt(len(rows) / n)
 
@@ -142,83 +135,28 @@ def resample(
     L = _source_matrix(store, parent) if method == "variance" else None
     pi = probabilities(L, parent.size, method)
     index, weights = draw(pi, n, seed)
-    with store.session() as s:
-        rows = s.exec(
-            select(TextItem).where(TextItem.textset_id == parent.id).order_by(TextItem.idx)
-        ).all()
-        if len(rows) != parent.size:
-            raise TextSetError(f"text set {source!r} is incomplete ({len(rows)}/{parent.size})")
-        picked = [rows[int(i)] for i in index]
-        sha = digest(parent.kind, picked, weights)
-        existing = s.exec(select(TextSet).where(TextSet.name == name)).first()
-        if existing is not None and existing.sha256 != sha:
-            raise TextSetError(
-                f"text set {name!r} already exists with different content "
-                f"(stored {existing.sha256[:12]}, resampled {sha[:12]}); choose another --name"
-            )
-        created = existing is None
-        if created:
-            existing = TextSet(
-                name=name, kind=parent.kind, sha256=sha, size=len(picked), parent_id=parent.id,
-                source=f"resample:{parent.name}@{parent.sha256[:12]} {method} n={n} seed={seed}",
-            )  # fmt: skip
-            s.add(existing)
-            s.flush()
-            tid = int(existing.id)  # type: ignore[arg-type]
-            for j, (it, i, w) in enumerate(zip(picked, index, weights, strict=True)):
-                s.add(TextItem(textset_id=tid, idx=j, prompt=it.prompt, response=it.response,
-                               text=it.text, weight=float(w), source_idx=int(i)))  # fmt: skip
-            s.flush()
-        s.refresh(existing)
-        textset = existing
-    sliced = slice_vectors(store, textset)
+    rows = queries.textset_items(store, parent)
+    if len(rows) != parent.size:
+        raise TextSetError(f"text set {source!r} is incomplete ({len(rows)}/{parent.size})")
+    picked = [rows[int(i)] for i in index]
+    sha = digest(parent.kind, picked, weights)
+    row = TextSet(
+        name=name, kind=parent.kind, sha256=sha, size=len(picked), parent_id=parent.id,
+        source=f"resample:{parent.name}@{parent.sha256[:12]} {method} n={n} seed={seed}",
+    )  # fmt: skip
+    fields = (
+        {"prompt": it.prompt, "response": it.response, "text": it.text, "weight": float(w),
+         "source_idx": int(i)}
+        for it, i, w in zip(picked, index, weights, strict=True)
+    )  # fmt: skip
+    textset, created = queries.insert_textset(store, row, fields)
+    if not created and textset.sha256 != sha:
+        raise TextSetError(
+            f"text set {name!r} already exists with different content "
+            f"(stored {textset.sha256[:12]}, resampled {sha[:12]}); choose another `name`"
+        )
+    sliced = queries.slice_vectors(store, textset)
     return Resampled(textset, created, n, sliced)
 
 
-def slice_vectors(store: Store, textset: TextSet) -> int:
-    """Copy the parent's vectors that the resampled set lacks, sliced to its items; how many."""
-    if textset.parent_id is None:
-        return 0
-    with store.session() as s:
-        parent = s.get(TextSet, textset.parent_id)
-        if parent is None:
-            return 0
-        index = np.asarray(
-            s.exec(
-                select(TextItem.source_idx)
-                .where(TextItem.textset_id == textset.id)
-                .order_by(TextItem.idx)
-            ).all(),
-            dtype=np.int64,
-        )
-        have = {
-            (v.model_id, v.revision, v.variant, v.kind)
-            for v in s.exec(select(Vector).where(Vector.textset_id == textset.id))
-        }
-        sources = s.exec(
-            select(Vector)
-            .where(
-                Vector.textset_id == parent.id,
-                Vector.textset_sha256 == parent.sha256,
-                Vector.n == parent.size,
-            )
-            .order_by(col(Vector.id))
-        ).all()
-        added = 0
-        for v in sources:
-            if (v.model_id, v.revision, v.variant, v.kind) in have:
-                continue
-            counts = v.token_array()
-            sliced = Vector(
-                    model_id=v.model_id, revision=v.revision, textset_id=textset.id,
-                    textset_sha256=textset.sha256, variant=v.variant, kind=v.kind,
-                    n=len(index), values=v.array()[index].astype("<f4").tobytes(),
-                    token_counts=None if counts is None else counts[index].astype("<i4").tobytes(),
-                    truncated=min(v.truncated, len(index)), dtype=v.dtype, device=v.device,
-                    scorer_version=v.scorer_version, template_mode=v.template_mode,
-                    derived_from=v.id,
-            )  # fmt: skip
-            s.add(sliced)
-            have.add((v.model_id, v.revision, v.variant, v.kind))
-            added += 1
-    return added
+slice_vectors = queries.slice_vectors

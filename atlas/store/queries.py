@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 from sqlalchemy import func, insert, null
 from sqlmodel import col, delete, or_, select
 
@@ -452,3 +453,63 @@ def insert_snapshot(
             s.connection().execute(insert(MapPoint.__table__), rows)  # type: ignore[attr-defined]
     return snapshot
 
+
+# --- resampled text sets --------------------------------------------------------------------
+
+
+def item_weights(store: Store, textset: TextSet) -> tuple[list[float | None], int]:
+    """A resampled set's item weights in order, and its parent's size."""
+    query = select(TextItem.weight).where(TextItem.textset_id == textset.id)
+    with store.session() as s:
+        rows = list(s.exec(query.order_by(TextItem.idx)).all())
+        parent = s.get(TextSet, textset.parent_id) if textset.parent_id is not None else None
+    return rows, (parent.size if parent is not None else len(rows))
+
+
+def slice_vectors(store: Store, textset: TextSet) -> int:
+    """Copy the parent's vectors a resampled set lacks, sliced to its items; how many."""
+    if textset.parent_id is None:
+        return 0
+    with store.session() as s:
+        parent = s.get(TextSet, textset.parent_id)
+        if parent is None:
+            return 0
+        index = np.asarray(
+            s.exec(
+                select(TextItem.source_idx)
+                .where(TextItem.textset_id == textset.id)
+                .order_by(TextItem.idx)
+            ).all(),
+            dtype=np.int64,
+        )
+        have = {
+            (v.model_id, v.revision, v.variant, v.kind)
+            for v in s.exec(select(Vector).where(Vector.textset_id == textset.id))
+        }
+        sources = s.exec(
+            select(Vector)
+            .where(
+                Vector.textset_id == parent.id,
+                Vector.textset_sha256 == parent.sha256,
+                Vector.n == parent.size,
+            )
+            .order_by(col(Vector.id))
+        ).all()
+        added = 0
+        for v in sources:
+            if (v.model_id, v.revision, v.variant, v.kind) in have:
+                continue
+            counts = v.token_array()
+            sliced = Vector(
+                    model_id=v.model_id, revision=v.revision, textset_id=textset.id,
+                    textset_sha256=textset.sha256, variant=v.variant, kind=v.kind,
+                    n=len(index), values=v.array()[index].astype("<f4").tobytes(),
+                    token_counts=None if counts is None else counts[index].astype("<i4").tobytes(),
+                    truncated=min(v.truncated, len(index)), dtype=v.dtype, device=v.device,
+                    scorer_version=v.scorer_version, template_mode=v.template_mode,
+                    derived_from=v.id,
+            )  # fmt: skip
+            s.add(sliced)
+            have.add((v.model_id, v.revision, v.variant, v.kind))
+            added += 1
+    return added
