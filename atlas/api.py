@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from atlas import sync, textsets
+from atlas import resample, sync, textsets
 from atlas.analyses import kl_validation, lineage, pmi, predict, shift
 from atlas.analyses.common import pick_textset
 from atlas.analyses.kl_validation import ValidationResult
@@ -21,6 +21,7 @@ from atlas.hub import datasets
 from atlas.queue import ensure_queue_schema
 from atlas.queue.status import QueueStatus, queue_status, summary_line
 from atlas.queue.worker import WorkerOptions, run_worker
+from atlas.resample import Resampled
 from atlas.scoring import rescore
 from atlas.scoring.loading import check_options
 from atlas.scoring.rescore import RescoreSummary
@@ -79,11 +80,9 @@ class Atlas:
 
     def resample_textset(
         self, source: str, *, n: int, name: str, method: str = "variance", seed: int = 0
-    ) -> Any:
+    ) -> Resampled:
         """K weighted draws of a scored text set (Oyama et al. 2025a), its vectors sliced."""
-        from atlas.resample import resample
-
-        return resample(self.store, source, n=n, name=name, method=method, seed=seed)
+        return resample.resample(self.store, source, n=n, name=name, method=method, seed=seed)
 
     def ensure_sample(self) -> TextSet:
         """The packaged sample text set, imported as `sample` on first use."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from atlas.errors import TextSetError, UsageError
-from atlas.space import vectors
+from atlas.space import matrices, vectors
 from atlas.store import Store, queries
 from atlas.store.tables import TextItem, TextSet
 
@@ -54,24 +54,6 @@ def draw(pi: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return index, np.sqrt(counts / (k * pi[index]))
 
 
-def weigh(L: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
-    """Each row's deviations from its weighted mean scaled per text; the mean kept.
-
-    A row `l` becomes `m + u * (l - m)` with `m = sum(u l) / sum(u)`, so centring it leaves
-    exactly `u * (l - m)`: squared distances become weighted squared distances. `u` is the
-    item weight times sqrt(K' / N) (`weights_of`), so `||xi_i - xi_j||^2 / (2 K')` estimates the
-    source set's KL per text. No weights: the matrix is returned unchanged.
-    """
-    if scale is None:
-        return L
-    u = np.asarray(scale, dtype=np.float64)
-    values = np.asarray(L, dtype=np.float64)
-    mean = values @ u / u.sum()
-    if values.ndim == 2:
-        mean = mean[:, None]
-    return mean + u * (values - mean)
-
-
 def digest(kind: str, items: Sequence[TextItem], weights: np.ndarray) -> str:
     """sha256 of a weighted text set: the items in order and their weights."""
     rows = [[it.prompt, it.response] if kind == "pairs" else it.text for it in items]
@@ -94,20 +76,7 @@ class Resampled:
     sliced: int
 
 
-def weights_of(store: Store, textset: TextSet) -> np.ndarray | None:
-    """Per-item scales `w * sqrt(K' / N)` of a resampled set (K' items of N), or None."""
-    if textset.parent_id is None:
-        return None
-    rows, n = queries.item_weights(store, textset)
-    if not rows or all(w is None for w in rows):
-        return None
-    weights = np.asarray([1.0 if w is None else float(w) for w in rows], dtype=np.float64)
-    return weights * np.sqrt(len(rows) / n)
-
-
 def _source_matrix(store: Store, source: TextSet) -> np.ndarray | None:
-    from atlas.space import matrices
-
     key = ("base", "unconditional") if source.kind == "plain" else ("base", "conditional")
     m = matrices.load(store, source, *key, weighted=False)
     return m.values if len(m.models) else None

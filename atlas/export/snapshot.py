@@ -141,10 +141,8 @@ def gather(
         threshold = snap.clip_threshold
         if threshold is None:
             threshold = vectors.clip_threshold(own[kept])
-        from atlas.resample import weigh, weights_of
-
-        scale = weights_of(store, ts)  # type: ignore[arg-type]
-        chosen = own[kept] if scale is None else weigh(own[kept], scale)
+        scale = matrices.weights_of(store, ts)  # type: ignore[arg-type]
+        chosen = own[kept] if scale is None else vectors.weigh(own[kept], scale)
         if len(kept) <= ALL_PAIRS_UP_TO:
             Xi = vectors.center(vectors.clip(chosen, threshold))
         else:  # float32, one copy

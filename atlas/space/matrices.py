@@ -129,7 +129,7 @@ def load(
     Rows stream from the store in chunks into one array of `dtype` (float32 halves the memory
     of large matrices; the stored values are float32, so nothing is lost for stored kinds).
     `with_tokens=False` skips the token counts (as large as the values) when not needed.
-    A resampled (weighted) text set's rows come weighted (`atlas.resample.weigh`), so every
+    A resampled (weighted) text set's rows come weighted (`atlas.space.vectors.weigh`), so every
     distance computed downstream is the weighted one; `weighted=False` gives the stored values.
     """
     ts = resolve_textset(store, textset)
@@ -149,9 +149,18 @@ def load(
     if kind == "pmi":  # conditional minus unconditional, in `dtype`
         _fill(store, [s[1] for s in stamp], values, subtract=True, with_tokens=False)
     if weighted and keys:
-        from atlas.resample import weigh, weights_of
-
         scale = weights_of(store, ts)
         if scale is not None:
-            values = weigh(values, scale).astype(dtype, copy=False)
+            values = vectors.weigh(values, scale).astype(dtype, copy=False)
     return Matrix(_models(store, keys), values, stamp, np.asarray(tokens, dtype=np.float64))
+
+
+def weights_of(store: Store, textset: TextSet) -> np.ndarray | None:
+    """Per-item scales `w * sqrt(K' / N)` of a resampled set (K' items of N), or None."""
+    if textset.parent_id is None:
+        return None
+    rows, n = queries.item_weights(store, textset)
+    if not rows or all(w is None for w in rows):
+        return None
+    weights = np.asarray([1.0 if w is None else float(w) for w in rows], dtype=np.float64)
+    return weights * np.sqrt(len(rows) / n)

@@ -145,9 +145,8 @@ def place(
     exclude = []
     if same is not None and placed.revision and same.revision == placed.revision:
         exclude = [int(same.id)]  # type: ignore[arg-type]
-    from atlas.resample import weigh, weights_of
-
-    values = weigh(placed.values, weights_of(store, ts))  # a resampled set's weights
+    # A resampled set's weights, as its stored rows have them.
+    values = vectors.weigh(placed.values, matrices.weights_of(store, ts))
     hits = index.search(index.centre(values), k, exclude=exclude)
     return _neighbours(store, hits, index.dim, placed.tokens)
 

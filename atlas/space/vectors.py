@@ -114,3 +114,22 @@ def pmi(cond: np.ndarray, uncond: np.ndarray) -> np.ndarray:
     if c.shape != u.shape:
         raise ValueError(f"shape mismatch: conditional {c.shape} vs unconditional {u.shape}")
     return c - u
+
+
+def weigh(L: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+    """Each row's deviations from its weighted mean scaled per text; the mean kept.
+
+    A row `l` becomes `m + u * (l - m)` with `m = sum(u l) / sum(u)`, so centring it leaves
+    exactly `u * (l - m)`: squared distances become weighted squared distances. `u` is the
+    item weight times sqrt(K' / N) (`atlas.space.matrices.weights_of`), so
+    `||xi_i - xi_j||^2 / (2 K')` estimates the source set's KL per text. No weights: the matrix
+    is returned unchanged.
+    """
+    if scale is None:
+        return L
+    u = np.asarray(scale, dtype=np.float64)
+    values = np.asarray(L, dtype=np.float64)
+    mean = values @ u / u.sum()
+    if values.ndim == 2:
+        mean = mean[:, None]
+    return mean + u * (values - mean)
