@@ -4,10 +4,11 @@ K texts are drawn *with replacement* from a scored text set, uniformly or with p
 proportional to their variance across the stored models (`pi_s ∝ sum_i Q_is^2`, Q the clipped,
 double-centred matrix). A text drawn m times is stored once with weight `sqrt(m / (K pi_s))`, so
 that `sum_s w_s^2 d_s^2` is the paper's unbiased estimate of a squared distance over the whole
-set. Downstream, `weigh` scales each model's centred values by the weights (times sqrt(K'/N), so
-KL stays in nats per text of the source); `atlas.space.matrices.load` applies it, so every index,
-map and analysis of a weighted set uses the weighted squared distance. The vectors of models
-already scored on the source set are sliced into the new set, not scored again.
+set. Downstream, `atlas.space.vectors.weigh` scales each model's centred values by the weights
+(times sqrt(K'/N), so KL stays in nats per text of the source); `atlas.space.matrices.load`
+applies it, so every index, map and analysis of a weighted set uses the weighted squared
+distance. The vectors of models already scored on the source set are sliced into the new set,
+not scored again.
 """
 
 from __future__ import annotations

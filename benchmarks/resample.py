@@ -2,7 +2,7 @@
 
 For K = N/2 and N/4 draws (with replacement, weights 1/sqrt(K pi), repeats merged as
 `atlas textset resample` does), the KL matrix of the weighted subset — computed exactly as
-atlas computes it (`atlas.resample.weigh`, then clip at the 2nd percentile, centre, KL) — is
+atlas computes it (`atlas.space.vectors.weigh`, then clip at the 2nd percentile, centre, KL) — is
 compared with the full set's: Pearson correlation of the off-diagonal entries and relative
 error ||KL_K - KL_N||_F / ||KL_N||_F, mean over seeds. Uniform sampling with K = N draws is the
 paper's yardstick ("variance sampling with half the texts is about as accurate as uniform
@@ -29,8 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from atlas.resample import draw, probabilities, weigh
+from atlas.resample import draw, probabilities
 from atlas.space import vectors
+from atlas.space.vectors import weigh
 
 
 def synthetic_atlas(models: int, n: int, seed: int = 0) -> np.ndarray:

@@ -10,8 +10,10 @@ from _vectorstore import clustered, make_textset, put_matrix, put_vector
 from sqlmodel import select
 
 from atlas.errors import TextSetError, UsageError
-from atlas.resample import draw, probabilities, resample, slice_vectors, weigh, weights_of
+from atlas.resample import draw, probabilities, resample, slice_vectors
 from atlas.space import matrices, vectors
+from atlas.space.matrices import weights_of
+from atlas.space.vectors import weigh
 from atlas.store.tables import TextItem, TextSet, Vector
 
 
