@@ -162,12 +162,12 @@ def test_a_failure_after_some_pieces_removes_them(atlas_db, zoo_by_name, monkeyp
 
     # The pieces share prefixes, so they are scored together and stored one after another:
     # the second write fails (after the first piece is really in the store).
-    def fail_in_the_second_piece(pieces):
+    def fail_in_the_second_piece(pieces, **options):
         if stored["pieces"] == 1:
             model = store.model("qwen-chat-b")
             assert store.vector_pieces(textset_id=textset.id, model_id=model.id)
             raise ModelFailure("out-of-memory", "injected after the first piece")
-        put(pieces)
+        put(pieces, **options)
         stored["pieces"] += 1
 
     monkeypatch.setattr(store, "put_vectors", fail_in_the_second_piece)
