@@ -132,6 +132,19 @@ def evaluate(
             kl_nearest_other=float(min(others)) if others else float("nan"),
         ))
 
+    return _result(textset, names, rows, prec, hits, chance)
+
+
+def _result(
+    textset: str,
+    names: Sequence[str],
+    rows: list[Any],
+    prec: Mapping[int, list[float]],
+    hits: Mapping[int, list[float]],
+    chance: list[float],
+) -> LineageResult:
+    """The per-model rows with precision, hit rate and chance averaged over the models."""
+
     def mean(values: list[float]) -> float:
         return float(np.nanmean(values)) if values else float("nan")
 
@@ -190,17 +203,7 @@ def evaluate_knn(
             kl_nearest_other=others[0] if others else float("nan"),
         ))  # fmt: skip
 
-    def mean(values: list[float]) -> float:
-        return float(np.nanmean(values)) if values else float("nan")
-
-    return LineageResult(
-        textset=textset,
-        n_models=len(names),
-        rows=rows,
-        precision={k: mean(v) for k, v in prec.items()},
-        hit={k: mean(v) for k, v in hits.items()},
-        chance=mean(chance),
-    )
+    return _result(textset, names, rows, prec, hits, chance)
 
 
 # --- the store ---------------------------------------------------------------------------------
