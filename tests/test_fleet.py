@@ -127,7 +127,7 @@ def test_enqueue_then_three_workers_score_everything_once(tmp_path, pg_url, zoo_
         assert len([j for j in jobs if j.task == "atlas.score"]) == len(GOOD + BAD)
         # procrastinate counts the finished run itself: one attempt each, nothing retried
         assert all(j.attempts == 1 for j in jobs if j.task == "atlas.score")
-        assert queries.outstanding(store, ["atlas"]) == 0
+        assert queries.outstanding(store) == 0
         # one refresh, at the end: one new map snapshot holding every scored model
         assert refresh_runs(store, TINY) == 1
         with Atlas(pg_url, home=home) as a:
@@ -165,7 +165,7 @@ def test_chaos_kill_9_workers_nothing_lost_or_duplicated(tmp_path, pg_url, zoo_m
         procs = [_worker(env, logs) for _ in range(3)]
         deadline = time.monotonic() + 900  # a bound for a loaded machine; idle, about a minute
         while time.monotonic() < deadline:
-            if queries.outstanding(store, ["atlas"]) == 0 and kills >= 10:
+            if queries.outstanding(store) == 0 and kills >= 10:
                 break
             time.sleep(rng.uniform(0.3, 1.5))
             pids = [p.pid for p in procs]
@@ -277,6 +277,88 @@ def test_concurrent_enqueues_make_no_duplicate_jobs_and_sigterm(tmp_path, pg_url
         hub.stop()
 
 
+@pytest.mark.slow
+def test_a_small_worker_leaves_a_large_model_for_one_that_can_hold_it(
+    tmp_path, pg_url, zoo_by_name
+) -> None:
+    small, large = "atlas-zoo/qwen-chat-a", "atlas-zoo/llama-chat-b"  # 129,600 and 182,848
+    hub = start_hub(tmp_path / "repos", list(zoo_by_name.values()), [small, large])
+    env = _env(tmp_path / "home", hub.endpoint, pg_url)
+    add_tiny(pg_url)
+    store = Store(pg_url)
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    # 600 kB of float32 weights on the CPU: 150,000 parameters, the small model but not the other
+    worker = _worker(env, log_a, "--max-memory", "600kB")
+    try:
+        _run(env, "sync", "--textset", TINY, "--enqueue")
+        queues = {j.model: j.queue for j in _jobs(store) if j.task == "atlas.score"}
+        assert queues == {small: "atlas-131K", large: "atlas-185K"}
+        deadline = time.monotonic() + 300
+        while store.model(small).status != "scored" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert store.model(small).status == "scored", log_a.read_text()[-3000:]
+        time.sleep(3 * 2.0)  # several polls: the small worker still does not take the other
+        status = json.loads(_run(env, "queue", "status", "--json").stdout)
+        job = next(j for j in status["jobs"] if j["model"] == large)
+        assert job["state"] == "waiting" and job["queue"] == "atlas-185K"
+        assert job["last_error"] == "no live worker holds 185K parameters (the largest holds 150K)"
+        assert [w["max_parameters"] for w in status["workers"]] == [150_000]
+        assert store.model(large).status == "queued"
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=300) == 0, log_a.read_text()[-3000:]
+        # A worker that can hold it (no cap: the machine's free memory) takes it, first time.
+        worker = _worker(env, log_b, "--until-empty")
+        assert worker.wait(timeout=600) == 0, log_b.read_text()[-3000:]
+        assert {m.status for m in store.models() if m.source == "hub"} == {"scored"}
+        jobs = [j for j in _jobs(store) if j.task == "atlas.score"]
+        assert {j.status for j in jobs} == {"succeeded"} and all(j.attempts == 1 for j in jobs)
+        assert "models up to 150K parameters" in log_a.read_text()
+        assert large not in log_a.read_text() and small in log_a.read_text()
+        assert large in log_b.read_text()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        store.close()
+        hub.stop()
+
+
+def test_size_classes_route_models_to_workers_that_hold_them() -> None:
+    import random
+
+    from atlas.errors import UsageError
+    from atlas.queue import QUEUE, queue_size, queues_for, size_queue
+    from atlas.scoring import placement as p
+
+    assert size_queue(None) == size_queue(0) == QUEUE and queue_size(QUEUE) is None
+    names = [size_queue(step) for step in p.LADDER]
+    assert len(set(names)) == len(names)  # 3 significant digits tell the steps apart
+    assert p.human_count(8_589_934_592) == "8.59B" and size_queue(70_000_000_000) == "atlas-71.8B"
+    rng = random.Random(0)
+    for _ in range(2000):
+        n = int(10 ** rng.uniform(4, 12.5))
+        step = p.size_class(n)
+        assert step >= n and (step == p.LADDER[0] or step < n * 1.045)
+        assert queue_size(size_queue(n)) == step
+    gib = p.GIB
+    for _ in range(300):
+        free = {f"cuda:{i}": int(rng.uniform(1, 200) * gib) for i in range(rng.randint(1, 4))}
+        dtype = rng.choice(["bfloat16", "float32"])
+        cap = p.capacity(free, dtype)
+        # A worker's queues hold only models it can load, and it can load nothing much larger.
+        for name in queues_for(cap)[1:]:
+            assert p.can_hold(queue_size(name), free, dtype)
+        if cap:
+            assert p.can_hold(cap, free, dtype) and not p.can_hold(cap + 2, free, dtype)
+    two = {"cuda:0": 80 * gib, "cuda:1": 80 * gib}  # 70B in bf16 needs both
+    assert p.capacity({"cuda:0": 80 * gib}) < 70e9 < p.capacity(two)
+    assert p.capacity(two, cap=20 * gib) == int(40 * gib / p.SPLIT_SLACK) // 2
+    assert p.parse_memory("40GiB") == 40 * gib and p.parse_memory("80GB") == 80 * 10**9
+    assert p.parse_memory("1.5 MiB") == 1_572_864 and p.parse_memory("600kB") == 600_000
+    for bad in ("forty", "10 parsecs", "0GiB", ""):
+        with pytest.raises(UsageError):
+            p.parse_memory(bad)
+
+
 def test_sqlite_store_refuses_a_queue(cli, monkeypatch) -> None:
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # never reached
     for args in (("sync", "--enqueue"), ("schedule", "--enqueue"), ("worker",),
@@ -330,6 +412,14 @@ def test_device_lists(cli, pg_url) -> None:
             worker_device("cuda:1")
     both = cli("--db", pg_url, "worker", "--device", "cpu", "--devices", "cpu")
     assert both.exit_code == 2 and "not both" in both.stderr
+    for args in (["--shard"], ["--devices", "cpu", "--shard"]):
+        alone = cli("--db", pg_url, "worker", *args)
+        assert alone.exit_code == 2 and "--shard needs --devices with two" in alone.stderr
+    memory = cli("--db", pg_url, "worker", "--max-memory", "lots")
+    assert memory.exit_code == 2 and "cannot read memory size 'lots'" in memory.stderr
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="0 CUDA device"):
+            worker_device("cuda:0,cuda:1")
 
 
 def test_retry_strategy_retries_passing_failures_only(monkeypatch) -> None:

@@ -80,7 +80,7 @@ def test_split_load_scores_like_one_device(zoo_by_name, tmp_path):
         np.testing.assert_allclose(got[key].values, want[key].values, atol=1e-4)
 
 
-def test_several_cuda_devices_without_cuda_is_a_usage_error(zoo_by_name):
+def test_several_cuda_devices_without_cuda_is_a_usage_error(zoo_by_name, cli):
     from atlas.scoring import loading
 
     folder = zoo_by_name["atlas-zoo/llama-chat-a"].path
@@ -90,4 +90,9 @@ def test_several_cuda_devices_without_cuda_is_a_usage_error(zoo_by_name):
         loading.load(folder, device="cuda:0,cuda:1")
     with pytest.raises(UsageError):
         loading.load(folder, device="cuda:0,cuda:0")
+    # The CLI accepts the list (the option check knows lists) and refuses it for want of GPUs.
+    listed = cli("score", str(folder), "--device", "cuda:0,cuda:1")
+    assert listed.exit_code == 2 and "torch sees no CUDA device" in listed.stderr
+    twice = cli("score", str(folder), "--device", "cpu,cpu")
+    assert twice.exit_code == 2 and "listed twice" in twice.stderr
     assert issubclass(ModelFailure, Exception)

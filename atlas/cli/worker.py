@@ -9,6 +9,7 @@ from atlas.cli.common import ctx_obj, out_console, print_json
 from atlas.errors import UsageError
 from atlas.queue import require_queue
 from atlas.queue.worker import WorkerOptions, expand_devices, run_workers
+from atlas.scoring.placement import human_count, parse_memory
 
 
 def register(app: typer.Typer) -> None:
@@ -20,6 +21,12 @@ def register(app: typer.Typer) -> None:
         ),
         devices: str = typer.Option(
             None, "--devices", help="Start one worker process per device: cuda:0,cuda:1 or all."
+        ),
+        shard: bool = typer.Option(
+            False, "--shard", help="With --devices: one worker splitting large models across them."
+        ),
+        max_memory: str = typer.Option(
+            None, "--max-memory", help="Weights each device may take, e.g. 40GiB (default: free)."
         ),
         until_empty: bool = typer.Option(
             False, "--until-empty", help="Exit 0 once no job is waiting or running."
@@ -35,16 +42,22 @@ def register(app: typer.Typer) -> None:
         obj = ctx_obj(ctx)
         if device and devices:
             raise UsageError("give --device or --devices, not both")
+        listed = expand_devices(devices) if devices else []
+        if shard and len(listed) < 2:
+            raise UsageError("--shard needs --devices with two or more devices, e.g. cuda:0,cuda:1")
+        budget = parse_memory(max_memory) if max_memory is not None else None
         atlas = obj.atlas()
         require_queue(atlas.store)
-        if devices:
+        if listed and not shard:
             args = [*(["--until-empty"] if until_empty else []), "--concurrency", str(concurrency),
-                    *(["--keep-weights"] if keep_weights else [])]  # fmt: skip
-            code = run_workers(
-                expand_devices(devices), args, obj.db_url, say=obj.info, quiet=obj.quiet
-            )
+                    *(["--keep-weights"] if keep_weights else []),
+                    *(["--max-memory", max_memory] if max_memory is not None else [])]  # fmt: skip
+            code = run_workers(listed, args, obj.db_url, say=obj.info, quiet=obj.quiet)
         else:
-            options = WorkerOptions(device, until_empty, concurrency, keep_weights)
+            options = WorkerOptions(
+                ",".join(listed) if shard else device, until_empty, concurrency, keep_weights,
+                budget,
+            )  # fmt: skip
             code = atlas.run_worker(options, say=obj.info)
         raise typer.Exit(code)
 
@@ -63,16 +76,18 @@ def register(app: typer.Typer) -> None:
             print_json(info.as_dict())
             return
         out_console.print(f"jobs: {info.line()}")
-        table = Table("job", "state", "model", "text set", "attempts", "last error")
+        table = Table("job", "state", "model", "queue", "text set", "attempts", "last error")
         for j in info.jobs:
-            table.add_row(str(j["id"]), j["state"], j["model"] or j["task"], j["textset"] or "",
-                          str(j["attempts"]), j["last_error"] or "")  # fmt: skip
+            table.add_row(str(j["id"]), j["state"], j["model"] or j["task"], j["queue"],
+                          j["textset"] or "", str(j["attempts"]),
+                          j["last_error"] or "")  # fmt: skip
         if info.jobs:
             out_console.print(table)
-        workers = Table("worker", "device", "host", "pid", "model", "heartbeat")
+        workers = Table("worker", "device", "holds", "host", "pid", "model", "heartbeat")
         for w in info.workers:
             age = f"{w['seconds_since_heartbeat']:.0f} s ago" + (" (silent)" if w["silent"] else "")
-            workers.add_row(str(w["id"]), w["device"] or "", w["host"] or "", str(w["pid"] or ""),
-                            w["model"] or "idle", age)  # fmt: skip
+            holds = human_count(w["max_parameters"]) if w["max_parameters"] else ""
+            workers.add_row(str(w["id"]), w["device"] or "", holds, w["host"] or "",
+                            str(w["pid"] or ""), w["model"] or "idle", age)  # fmt: skip
         if info.workers:
             out_console.print(workers)

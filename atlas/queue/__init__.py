@@ -12,12 +12,41 @@ maps up to date. Modules: `enqueue` (putting jobs on the queue), `tasks` (the jo
 from __future__ import annotations
 
 from atlas.errors import UsageError
+from atlas.scoring import placement
 from atlas.store import Store
 from atlas.store import queue as queue_sql
 
 QUEUE = "atlas"
 SCORE_TASK = "atlas.score"
 REFRESH_TASK = "atlas.refresh"
+_BY_NAME = {f"{QUEUE}-{placement.human_count(step)}": step for step in placement.LADDER}
+
+
+def size_queue(num_parameters: int | None) -> str:
+    """The queue of a model's scoring job: `atlas-<size class>`, or `atlas` if its size is unknown.
+
+    Every worker takes `atlas`; a size queue only workers that can hold its class (see
+    `atlas.scoring.placement`), so a large model waits for a worker that can load it.
+    """
+    if not num_parameters:
+        return QUEUE
+    return f"{QUEUE}-{placement.human_count(placement.size_class(num_parameters))}"
+
+
+def queues_for(max_parameters: int) -> list[str]:
+    """The queues a worker that holds up to `max_parameters` listens to."""
+    steps = placement.classes_up_to(max_parameters)
+    return [QUEUE, *(f"{QUEUE}-{placement.human_count(step)}" for step in steps)]
+
+
+def queue_size(name: str) -> int | None:
+    """The size class (parameters) of a size queue; None for `atlas` and other queues."""
+    return _BY_NAME.get(name)
+
+
+def is_atlas_queue(name: str) -> bool:
+    """Whether a procrastinate queue is one of atlas's."""
+    return name == QUEUE or name in _BY_NAME
 
 
 def require_queue(store: Store) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from atlas.queue import QUEUE, REFRESH_TASK, SCORE_TASK
+from atlas.queue import QUEUE, REFRESH_TASK, SCORE_TASK, size_queue
 from atlas.store import Store
 from atlas.store.queue import NewJob, enqueue
 from atlas.store.tables import HubModel, TextSet
@@ -31,7 +31,11 @@ def score_lock(repo_id: str, textset: str) -> str:
 def enqueue_models(
     store: Store, models: Sequence[HubModel], textset: TextSet, options: Any = None
 ) -> Enqueued:
-    """One scoring job per model (in the given order of priority) on `textset`; idempotent."""
+    """One scoring job per model (in the given order of priority) on `textset`; idempotent.
+
+    Each job goes on its model's size queue (`size_queue`), from the parameter count that
+    discovery recorded.
+    """
     variants = list(options.variants) if options is not None and options.variants else None
     dtype = options.dtype if options is not None else None
     jobs = [
@@ -40,7 +44,7 @@ def enqueue_models(
             args={"repo_id": m.repo_id, "revision": m.revision, "textset": textset.name,
                   "variants": variants, "dtype": dtype},
             queueing_lock=score_lock(m.repo_id, textset.name),
-            queue=QUEUE,
+            queue=size_queue(m.num_parameters),
             priority=len(models) - i,
         )
         for i, m in enumerate(models)

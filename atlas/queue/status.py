@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from atlas.queue import require_queue
+from atlas.queue import queue_size, require_queue
+from atlas.scoring.placement import human_count
 from atlas.settings import Settings
 from atlas.store import Store
 from atlas.store import queue as queries
@@ -44,6 +45,17 @@ def queue_status(store: Store, settings: Settings | None = None, limit: int = 20
         return result
     raw = queries.job_counts(store, stalled_after)
     result.counts = {STATE_NAMES.get(k, k): v for k, v in raw.items()}
+    for w in queries.worker_rows(store):
+        result.workers.append(
+            {"id": w.id, "device": w.info.get("device"), "host": w.info.get("host"),
+             "pid": w.info.get("pid"), "model": w.model, "last_heartbeat": w.last_heartbeat,
+             "seconds_since_heartbeat": round(w.seconds_since_heartbeat, 1),
+             "silent": w.seconds_since_heartbeat > stalled_after,
+             "max_parameters": w.info.get("max_parameters")}
+        )  # fmt: skip
+    largest = max(
+        (w["max_parameters"] or 0 for w in result.workers if not w["silent"]), default=None
+    )
     for j in queries.job_rows(store, stalled_after, limit=limit):
         state = "stalled" if j.stalled else STATE_NAMES.get(j.status, j.status)
         error = None
@@ -51,17 +63,14 @@ def queue_status(store: Store, settings: Settings | None = None, limit: int = 20
             error = j.reason if j.model_status == "failed" else j.detail
             if j.model_status == "failed" and j.detail:
                 error = f"{j.reason}: {j.detail}"
+        size = queue_size(j.queue)
+        if state == "waiting" and size and largest is not None and size > largest:
+            error = (f"no live worker holds {human_count(size)} parameters "
+                     f"(the largest holds {human_count(largest)})")  # fmt: skip
         result.jobs.append(
-            {"id": j.id, "task": j.task, "state": state, "model": j.model, "textset": j.textset,
-             "attempts": j.attempts, "scheduled_at": j.scheduled_at, "worker": j.worker_id,
-             "model_status": j.model_status, "last_error": error}
-        )  # fmt: skip
-    for w in queries.worker_rows(store):
-        result.workers.append(
-            {"id": w.id, "device": w.info.get("device"), "host": w.info.get("host"),
-             "pid": w.info.get("pid"), "model": w.model, "last_heartbeat": w.last_heartbeat,
-             "seconds_since_heartbeat": round(w.seconds_since_heartbeat, 1),
-             "silent": w.seconds_since_heartbeat > stalled_after}
+            {"id": j.id, "task": j.task, "queue": j.queue, "state": state, "model": j.model,
+             "textset": j.textset, "attempts": j.attempts, "scheduled_at": j.scheduled_at,
+             "worker": j.worker_id, "model_status": j.model_status, "last_error": error}
         )  # fmt: skip
     return result
 

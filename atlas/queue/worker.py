@@ -1,4 +1,8 @@
-"""`atlas worker`: a procrastinate worker process that scores queued models on one device.
+"""`atlas worker`: a procrastinate worker process that scores queued models on its device(s).
+
+A worker listens to `atlas` and to the size queues of the models it can hold (its devices'
+free memory, or `max_memory` per device; several devices with `--shard`), so a model too large
+for it waits for a worker that can load it instead of failing with out-of-memory.
 
 Every worker heartbeats; each checks for stalled jobs (running on a worker silent for
 `ATLAS_STALLED_AFTER` seconds) every few seconds and retries them. With `until_empty` it exits
@@ -23,9 +27,10 @@ from typing import Any
 
 from atlas.errors import UsageError
 from atlas.hub import client
-from atlas.queue import QUEUE, ensure_queue_schema
+from atlas.queue import QUEUE, ensure_queue_schema, is_atlas_queue, queues_for
 from atlas.queue.app import make_app
 from atlas.queue.tasks import WorkerEnv
+from atlas.scoring import placement
 from atlas.settings import Settings
 from atlas.store import Store
 from atlas.store import queue as queries
@@ -43,27 +48,43 @@ class WorkerOptions:
     until_empty: bool = False
     concurrency: int = 1
     keep_weights: bool = False
+    max_memory: int | None = None  # bytes of weights each device may take (None: what is free)
 
 
 def worker_device(requested: str | None) -> str | None:
-    """The torch device a worker scores on: `cuda:N`, `cpu`, or None (the scorer's best).
+    """The torch device(s) a worker scores on: `cuda:N`, `cpu`, a list such as
+    `cuda:0,cuda:1` (one model split across them), or None (the scorer's best).
 
-    The one place a worker's device is decided (multi-GPU placement extends this). torch and
-    transformers are loaded here, before the first job is claimed, and a device this machine
-    does not have is a UsageError rather than a job that fails.
+    The one place a worker's device is decided. torch and transformers are loaded here, before
+    the first job is claimed, and a device this machine does not have is a UsageError rather
+    than a job that fails.
     """
     import torch
     import transformers  # noqa: F401  (its import takes seconds: not inside the first job)
 
     if requested is None or requested in ("", "auto"):
         return None
-    if requested.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = requested.partition(":")[2]
-        wanted = int(index) if index.isdigit() else 0
-        if wanted >= count:
-            raise UsageError(f"--device {requested}: torch sees {count} CUDA device(s) here")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for name in placement.parse_devices(requested):
+        if name.startswith("cuda"):
+            index = name.partition(":")[2]
+            wanted = int(index) if index.isdigit() else 0
+            if wanted >= count:
+                raise UsageError(f"--device {requested}: torch sees {count} CUDA device(s) here")
     return requested
+
+
+def worker_capacity(device: str | None, max_memory: int | None = None) -> int:
+    """The most parameters a worker on `device` (None: the best) can hold, in its dtype."""
+    import torch
+
+    from atlas.scoring.loading import pick_dtype
+
+    if device is None:
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    devices = tuple("cuda:0" if d == "cuda" else d for d in placement.parse_devices(device))
+    dtype = str(pick_dtype("auto", devices[0])).removeprefix("torch.")
+    return placement.capacity(placement.free_memory(devices), dtype, max_memory)
 
 
 def expand_devices(spec: str) -> list[str]:
@@ -105,6 +126,8 @@ class _Runner:
     ) -> None:
         self.store, self.settings, self.options = store, settings, options
         self.device = worker_device(options.device)
+        self.capacity = worker_capacity(self.device, options.max_memory)
+        self.queues = queues_for(self.capacity)
         self.stalled_after = settings.stalled_after
         # Worker rows are deleted only long after their jobs were retried: a slow worker that
         # was thought dead must still find its row (its job ids refer to it).
@@ -125,7 +148,7 @@ class _Runner:
         async with app.open_async():
             self.app = app
             self.worker = Worker(
-                app, queues=[QUEUE], name="atlas", concurrency=self.options.concurrency,
+                app, queues=self.queues, name="atlas", concurrency=self.options.concurrency,
                 wait=True, fetch_job_polling_interval=POLL_SECONDS,
                 abort_job_polling_interval=POLL_SECONDS, install_signal_handlers=False,
                 update_heartbeat_interval=beat, stalled_worker_timeout=self.forget_after,
@@ -135,7 +158,8 @@ class _Runner:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
             mode = "until the queue is empty" if self.options.until_empty else "until stopped"
-            self.say(f"worker started on queue {QUEUE!r}, {mode}")
+            held = placement.human_count(self.capacity)
+            self.say(f"worker started on queue {QUEUE!r}, models up to {held} parameters, {mode}")
             watch = asyncio.create_task(self._watch())
             try:
                 await self.worker.run()
@@ -197,7 +221,7 @@ class _Runner:
             info = {
                 "device": self.device or "auto", "host": socket.gethostname(),
                 "pid": os.getpid(), "concurrency": self.options.concurrency,
-                "started_at": time.time(),
+                "max_parameters": self.capacity, "started_at": time.time(),
             }  # fmt: skip
             await asyncio.to_thread(queries.describe_worker, self.store, worker_id, info)
             self._described = worker_id
@@ -215,17 +239,19 @@ class _Runner:
         return False
 
     async def _outstanding(self) -> int:
-        return await asyncio.to_thread(queries.outstanding, self.store, [QUEUE])
+        return await asyncio.to_thread(queries.outstanding, self.store, self.queues)
 
     async def _retry_stalled(self) -> None:
         try:
             stalled = await self.app.job_manager.get_stalled_jobs(
-                queue=QUEUE, seconds_since_heartbeat=self.stalled_after
+                seconds_since_heartbeat=self.stalled_after
             )
         except Exception as exc:
             self.say(f"checking for stalled jobs failed: {exc}")
             return
         for job in stalled:
+            if not is_atlas_queue(job.queue):
+                continue
             if job.worker_id is not None and job.worker_id == self.worker.worker_id:
                 continue
             try:

@@ -191,6 +191,12 @@ def check_options(device: str | None = "auto", dtype: str | None = "auto") -> No
     """Refuse an unknown device or dtype, or CUDA without a GPU, before anything is touched."""
     device = device or "auto"
     dtype = dtype or "auto"
+    if "," in device:  # several devices: one model split across them (`placement`)
+        from atlas.scoring import placement
+
+        for one in placement.parse_devices(device):
+            check_options(one, dtype)
+        return
     if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
         raise UsageError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
     if dtype not in DTYPES:

@@ -5,10 +5,18 @@ a worker's devices: a model that fits on one device goes on the first that holds
 fits only on several is split across them by transformers' `device_map="auto"` with a
 `max_memory` budget per device (whole decoder layers per device, pipeline style); one that fits
 nowhere is left for a worker that can hold it (`can_hold`), not failed with out-of-memory.
+
+Size classes route queued models to workers: a model's class is the first step of a fixed
+ladder of parameter counts (1/16 octave apart, about 4.4%) at or above its own count, and a
+worker takes the classes whose step is at most its `capacity`, so it never claims a model it
+cannot hold.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +28,13 @@ GIB = 1 << 30
 RESERVE_FRACTION = 0.15
 RESERVE_MIN = 2 * GIB
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Layers are placed whole: a split needs about one layer's worth (~1/32) of slack.
+SPLIT_SLACK = 1.04
+# The size-class ladder: 2**(k/16) parameters, from 65,536 to 2**44 (17.6 trillion).
+STEPS_PER_OCTAVE = 16
+LADDER = tuple(int(2 ** (k / STEPS_PER_OCTAVE)) for k in range(16 * 16, 44 * 16 + 1))
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -89,8 +104,7 @@ def plan(
         if usable(free[dev]) >= need:
             return Placement((dev,), weight_bytes=need)
     budget = {dev: usable(free[dev]) for dev in devices if usable(free[dev]) > 0}
-    # Layers are placed whole: allow one layer's worth (~1/32 of the weights) of slack.
-    if sum(budget.values()) >= need * 1.04:
+    if sum(budget.values()) >= need * SPLIT_SLACK:
         return Placement(tuple(budget), max_memory=budget, weight_bytes=need)
     return None
 
@@ -98,6 +112,55 @@ def plan(
 def can_hold(num_parameters: int | None, free: Mapping[str, int], dtype: str = "bfloat16") -> bool:
     """Whether a worker with these devices can load the model (a queue leaves it otherwise)."""
     return plan(num_parameters, free, dtype) is not None
+
+
+def capacity(
+    free: Mapping[str, int], dtype: str = "bfloat16", cap: int | None = None
+) -> int:
+    """The most parameters a worker with these devices can hold (`can_hold` agrees).
+
+    `cap` limits the weights each device may take (`atlas worker --max-memory`).
+    """
+    room = [usable(f) if cap is None else min(usable(f), cap) for f in free.values()]
+    if not room:
+        return 0
+    best = max(room)
+    if len(room) > 1:
+        best = max(best, int(sum(room) / SPLIT_SLACK))
+    return best // DTYPE_BYTES.get(dtype, 2)
+
+
+def size_class(num_parameters: int) -> int:
+    """The ladder step a model of this size is queued under (the smallest step >= it)."""
+    at = bisect.bisect_left(LADDER, int(num_parameters))
+    return LADDER[min(at, len(LADDER) - 1)]
+
+
+def classes_up_to(max_parameters: int) -> tuple[int, ...]:
+    """Every ladder step a worker holding `max_parameters` can take."""
+    return LADDER[: bisect.bisect_right(LADDER, int(max_parameters))]
+
+
+def human_count(n: float) -> str:
+    """3 significant digits with K/M/B/T: 8589934592 -> 8.59B (distinct for ladder steps)."""
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            value = n / div
+            digits = max(0, 2 - math.floor(math.log10(value)))
+            return f"{value:.{digits}f}{unit}"
+    return str(int(n))
+
+
+def parse_memory(text: str) -> int:
+    """`40GiB`, `80GB`, `512MiB` or bytes -> bytes."""
+    found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text or "")
+    unit = found.group(2).lower() if found else ""
+    if found is None or unit not in _UNITS:
+        raise UsageError(f"cannot read memory size {text!r}: use e.g. 40GiB, 80GB or 512MiB")
+    value = int(float(found.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise UsageError(f"memory size {text!r} must be positive")
+    return value
 
 
 def free_memory(devices: Sequence[str]) -> dict[str, int]:

@@ -187,19 +187,15 @@ def active_jobs(store: Store, task: str, *, textset: str | None = None) -> int:
         return int(conn.execute(text(query), params).scalar() or 0)
 
 
-def outstanding(store: Store, queues: Iterable[str]) -> int:
-    """Jobs waiting (now or later, for a retry) or running on `queues`."""
+def outstanding(store: Store, queues: Iterable[str] | None = None) -> int:
+    """Jobs waiting (now or later, for a retry) or running on `queues` (default: any queue)."""
+    query = "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
+    params: dict[str, Any] = {}
+    if queues is not None:
+        query += " AND queue_name = ANY(:queues)"
+        params["queues"] = list(queues)
     with store.engine.connect() as conn:
-        return int(
-            conn.execute(
-                text(
-                    "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
-                    " AND queue_name = ANY(:queues)"
-                ),
-                {"queues": list(queues)},
-            ).scalar()
-            or 0
-        )
+        return int(conn.execute(text(query), params).scalar() or 0)
 
 
 @contextmanager
@@ -254,6 +250,7 @@ class JobRow:
 
     id: int
     task: str
+    queue: str
     status: str
     model: str | None
     textset: str | None
@@ -280,7 +277,8 @@ class WorkerRow:
 def job_rows(store: Store, stalled_after: float, limit: int = 1000) -> list[JobRow]:
     """Jobs, newest first, with the model's recorded status and reason (the last error)."""
     query = text(
-        "SELECT j.id, j.task_name, j.status::text AS status, j.args->>'repo_id' AS model,"
+        "SELECT j.id, j.task_name, j.queue_name, j.status::text AS status,"
+        " j.args->>'repo_id' AS model,"
         " j.args->>'textset' AS textset, j.attempts, j.scheduled_at, j.worker_id,"
         " (j.status = 'doing' AND (j.worker_id IS NULL OR w.last_heartbeat <"
         "   now() - make_interval(secs => :stalled))) AS stalled,"
@@ -294,7 +292,8 @@ def job_rows(store: Store, stalled_after: float, limit: int = 1000) -> list[JobR
         rows = conn.execute(query, {"stalled": float(stalled_after), "limit": limit}).mappings()
         return [
             JobRow(
-                id=r["id"], task=r["task_name"], status=r["status"], model=r["model"],
+                id=r["id"], task=r["task_name"], queue=r["queue_name"], status=r["status"],
+                model=r["model"],
                 textset=r["textset"], attempts=r["attempts"], scheduled_at=r["scheduled_at"],
                 worker_id=r["worker_id"], stalled=bool(r["stalled"]),
                 model_status=r["model_status"], reason=r["reason"], detail=r["detail"],
