@@ -4,11 +4,13 @@ K texts are drawn *with replacement* from a scored text set, uniformly or with p
 proportional to their variance across the stored models (`pi_s ∝ sum_i Q_is^2`, Q the clipped,
 double-centred matrix). A text drawn m times is stored once with weight `sqrt(m / (K pi_s))`, so
 that `sum_s w_s^2 d_s^2` is the paper's unbiased estimate of a squared distance over the whole
-set. Downstream, `atlas.space.vectors.weigh` scales each model's centred values by the weights
+set. Downstream, `atlas.space.matrices.prepare` clips each model's values at the source set's 2%
+threshold (recorded per variant and kind when the set is drawn; the paper clips the full
+matrix, then samples) and `atlas.space.vectors.weigh` scales its centred values by the weights
 (times sqrt(K'/N), so KL stays in nats per text of the source); `atlas.space.matrices.load`
-applies it, so every index, map and analysis of a weighted set uses the weighted squared
-distance. The vectors of models already scored on the source set are sliced into the new set,
-not scored again.
+applies both and nothing downstream clips again, so every index, map and analysis of a weighted
+set uses the weighted squared distance. The vectors of models already scored on the source set
+are sliced into the new set, not scored again.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from atlas.errors import TextSetError, UsageError
 from atlas.space import matrices, vectors
 from atlas.store import Store, queries
-from atlas.store.tables import TextItem, TextSet
+from atlas.store.tables import VARIANTS, TextItem, TextSet
 
 METHODS = ("uniform", "variance")
 
@@ -83,6 +85,19 @@ def _source_matrix(store: Store, source: TextSet) -> np.ndarray | None:
     return m.values if len(m.models) else None
 
 
+def source_thresholds(store: Store, source: TextSet) -> dict[str, float]:
+    """The source's 2% clip threshold of every (variant, kind) it has vectors of, by
+    "variant/kind": the new set's vectors are clipped there before they are weighted."""
+    keys = [(v, k) for k in ("conditional", "pmi") for v in VARIANTS]
+    out: dict[str, float] = {}
+    for variant, kind in [*keys, ("base", "unconditional")]:
+        m = matrices.load(store, source, variant, kind, weighted=False, dtype=np.float32,
+                          with_tokens=False)  # fmt: skip
+        if len(m.models):
+            out[f"{variant}/{kind}"] = vectors.clip_threshold(m.values)
+    return out
+
+
 def resample(
     store: Store,
     source: str,
@@ -113,6 +128,7 @@ def resample(
     row = TextSet(
         name=name, kind=parent.kind, sha256=sha, size=len(picked), parent_id=parent.id,
         source=f"resample:{parent.name}@{parent.sha256[:12]} {method} n={n} seed={seed}",
+        clip_thresholds=source_thresholds(store, parent) or None,
     )  # fmt: skip
     fields = (
         {"prompt": it.prompt, "response": it.response, "text": it.text, "weight": float(w),

@@ -104,9 +104,20 @@ def test_resample_stores_weights_and_slices_vectors(store):
         sources = {v.id for v in s.exec(select(Vector).where(Vector.textset_id == ts.id))}
     assert {v.derived_from for v in sliced} <= sources and len(sliced) == 9
     assert all(v.textset_sha256 == new.sha256 for v in sliced)
-    # The matrix every index, map and analysis reads is the weighted one.
+    # The source's clip thresholds, recorded when drawn (m0's PMI is 1 on every text).
+    full = L.astype(np.float32)
+    assert new.clip_thresholds == {
+        "base/conditional": vectors.clip_threshold(full),
+        "base/pmi": pytest.approx(1.0, abs=1e-5),
+        "base/unconditional": vectors.clip_threshold(full[:1] - 1),
+    }
+    # The matrix every index, map and analysis reads: clipped at the source's threshold, then
+    # weighted, and not clipped again downstream.
     weighted = matrices.load(store, new)
-    np.testing.assert_allclose(weighted.values, weigh(raw.values, weights_of(store, new)))
+    clipped = vectors.clip(raw.values, vectors.clip_threshold(full))
+    np.testing.assert_allclose(weighted.values, weigh(clipped, weights_of(store, new)))
+    assert weighted.prepared and matrices.threshold_of(weighted) == float("-inf")
+    assert not raw.prepared and not matrices.load(store, ts).prepared
     # Same arguments again: a no-op that adds only what is missing.
     again = resample(store, "full", n=30, name="half", method="variance", seed=1)
     assert not again.created and again.sliced == 0 and again.textset.sha256 == new.sha256
@@ -149,10 +160,17 @@ def test_cli_resample_then_nearest_uses_weights(cli, tmp_path):
     got = cli("--db", url, "nearest", "org/m0", "--textset", "half", "-k", "7", "--json")
     assert got.exit_code == 0, got.stderr
     index, weights = draw(probabilities(L, 60, "variance"), 30, 2)
-    sub = weigh(L[:, index].astype(np.float32), weights * np.sqrt(len(index) / 60))
-    Xi = vectors.center(vectors.clip(sub, vectors.clip_threshold(sub)))
+    # clipped at the full set's threshold, then weighted; no second clip
+    full = L.astype(np.float32)
+    sub = vectors.clip(full[:, index], vectors.clip_threshold(full))
+    Xi = vectors.center(weigh(sub, weights * np.sqrt(len(index) / 60)))
     kl = vectors.kl_matrix(Xi)[0]
     want = sorted(range(1, 8), key=lambda j: kl[j])
     rows = json.loads(got.stdout)
     assert [r["model"] for r in rows] == [f"org/m{j}" for j in want]
     np.testing.assert_allclose([r["kl"] for r in rows], kl[want], rtol=1e-6)
+    # A PCA map of the resampled set is fitted on the same rows (no second clip).
+    fitted = cli("--db", url, "map", "refresh", "--textset", "half", "--method", "pca",
+                 "--json")  # fmt: skip
+    assert fitted.exit_code == 0, fitted.stderr
+    assert json.loads(fitted.stdout)["clip_threshold"] is None

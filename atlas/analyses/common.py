@@ -134,7 +134,7 @@ def load_clipped(
         if not wanted:
             out.append(np.zeros((0, mat.values.shape[1])))
             continue
-        threshold = vectors.clip_threshold(mat.values)
+        threshold = matrices.threshold_of(mat)
         if mat.values.dtype == np.float32:
             np.maximum(mat.values, np.float32(threshold), out=mat.values)
             picked = [ids[m] for m in wanted]

@@ -293,7 +293,8 @@ def validate_kl(
 
     # Stored conditional vectors where the store has them (same revision or newest).
     ids = {n: row.id for n in names if (row := store.model(n)) is not None}
-    stored = matrices.load(store, ts, "base", "conditional", model_ids=list(ids.values()))
+    stored = matrices.load(store, ts, "base", "conditional", model_ids=list(ids.values()),
+                           weighted=False)  # fmt: skip
     rows: dict[str, np.ndarray] = {m.repo_id: v for m, v in zip(stored.models, stored.values,
                                                                 strict=True)}
 
@@ -339,8 +340,9 @@ def validate_kl(
     source = {n: ("store" if n in {mm.repo_id for mm in stored.models} else "computed")
               for n in names}
 
-    L = np.stack([rows[n] for n in names])
-    vector = vector_kl(vectors.clip(L, vectors.clip_threshold(L)))
+    L, prepared = matrices.prepare(store, ts, np.stack([rows[n] for n in names]), "base",
+                                   "conditional")  # fmt: skip
+    vector = vector_kl(L if prepared else vectors.clip(L, vectors.clip_threshold(L)))
     comparison = compare(logp, vector, n_boot=n_boot, seed=seed)
     return ValidationResult(
         textset=textset, models=names, prompts=p, samples=samples,

@@ -138,11 +138,13 @@ def gather(
     kept = np.flatnonzero(have)
     found: list[list[tuple[int, float]]] = [[] for _ in ids]
     if len(kept):
+        # A resampled set's rows: clipped at its source's threshold and weighted, no more clip.
+        chosen, prepared = matrices.prepare(store, ts, own[kept], snap.variant, snap.kind)  # type: ignore[arg-type]
         threshold = snap.clip_threshold
-        if threshold is None:
+        if prepared:
+            threshold = float("-inf")
+        elif threshold is None:
             threshold = vectors.clip_threshold(own[kept])
-        scale = matrices.weights_of(store, ts)  # type: ignore[arg-type]
-        chosen = own[kept] if scale is None else vectors.weigh(own[kept], scale)
         if len(kept) <= ALL_PAIRS_UP_TO:
             Xi = vectors.center(vectors.clip(chosen, threshold))
         else:  # float32, one copy

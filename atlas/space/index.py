@@ -491,7 +491,8 @@ def _refresh(
             f"no {kind} vectors for text set {ts.name!r} (variant {variant})",
             hint=f"score models first: `atlas score MODEL --textset {ts.name}`",
         )
-    index = KLIndex.build(m.model_ids, m.values, mode=resolve_mode(requested, len(m.models)))
+    index = KLIndex.build(m.model_ids, m.values, threshold=matrices.threshold_of(m),
+                          mode=resolve_mode(requested, len(m.models)))  # fmt: skip
     index.manifest = {**key, "high_water_mark": mark, "built_models": index.size,
                       "built": _now(), "updated": _now(),
                       "stamps": {str(i): list(s) for i, s in zip(m.model_ids, m.stamps,

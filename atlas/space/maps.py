@@ -549,7 +549,7 @@ def _full(
     say: Progress,
 ) -> MapRefresh:
     n = len(matrix.models)
-    threshold = vectors.clip_threshold(matrix.values)
+    threshold = matrices.threshold_of(matrix)  # -inf: a resampled set's rows, clipped already
     large = n >= APPROXIMATE_FROM
     if large:  # float32, in place: the matrix becomes Q
         offset = centre_in_place(matrix.values, threshold)
@@ -587,7 +587,7 @@ def _full(
         textset_id=ts.id,  # type: ignore[arg-type]
         variant=variant,
         kind=kind,
-        clip_threshold=threshold,
+        clip_threshold=threshold if np.isfinite(threshold) else None,
     )
     snap = _store_snapshot(store, snap, matrix.model_ids, coords)
     _forget_previous(store, settings, previous)

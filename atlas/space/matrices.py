@@ -31,6 +31,9 @@ class Matrix:
     values: np.ndarray  # models x N, float64 (or the dtype `load` was asked for)
     stamps: list[tuple[int, ...]]  # the vector piece ids behind each row
     tokens: np.ndarray  # mean scored tokens per response, per model (nan where unknown)
+    # A resampled set's rows: clipped at its source's threshold, then weighted (`prepare`);
+    # nothing downstream clips them again.
+    prepared: bool = False
 
     @property
     def model_ids(self) -> list[int]:
@@ -148,11 +151,53 @@ def load(
     tokens = _fill(store, [s[0] for s in stamp], values, with_tokens=with_tokens)
     if kind == "pmi":  # conditional minus unconditional, in `dtype`
         _fill(store, [s[1] for s in stamp], values, subtract=True, with_tokens=False)
+    prepared = False
     if weighted and keys:
-        scale = weights_of(store, ts)
-        if scale is not None:
-            values = vectors.weigh(values, scale).astype(dtype, copy=False)
-    return Matrix(_models(store, keys), values, stamp, np.asarray(tokens, dtype=np.float64))
+        values, prepared = prepare(store, ts, values, variant, kind)
+        values = values.astype(dtype, copy=False)
+    return Matrix(
+        _models(store, keys), values, stamp, np.asarray(tokens, dtype=np.float64), prepared
+    )
+
+
+def prepare(
+    store: Store, textset: TextSet, values: np.ndarray, variant: str, kind: str
+) -> tuple[np.ndarray, bool]:
+    """A resampled set's raw rows clipped at its source's threshold, then weighted.
+
+    Returns (rows, True); other sets' rows come back unchanged with False (they are clipped
+    downstream, at the 2% quantile of the matrix in use).
+    """
+    scale = weights_of(store, textset)
+    if scale is None:
+        return values, False
+    threshold = source_threshold(store, textset, variant, kind)
+    if threshold is None:  # the source has no vectors of this key: the rows' own 2% quantile
+        threshold = vectors.clip_threshold(values)
+    return vectors.weigh(vectors.clip(values, threshold), scale), True
+
+
+def source_threshold(store: Store, textset: TextSet, variant: str, kind: str) -> float | None:
+    """The 2% clip threshold of a resampled set's source for (variant, kind).
+
+    Recorded when the set was drawn (`atlas.resample`); for a key scored only later, the
+    source's stored vectors of that key now; None when the source has none.
+    """
+    recorded = (textset.clip_thresholds or {}).get(f"{variant}/{kind}")
+    if recorded is not None:
+        return float(recorded)
+    if textset.parent_id is None:
+        return None
+    parent = queries.textset_by_id(store, textset.parent_id)
+    source = load(store, parent, variant, kind, weighted=False, dtype=np.float32,
+                  with_tokens=False)  # fmt: skip
+    return vectors.clip_threshold(source.values) if len(source.models) else None
+
+
+def threshold_of(matrix: Matrix) -> float:
+    """The clip threshold to apply to a loaded matrix: its own 2% quantile, or -inf (no more
+    clipping) for a resampled set's rows, which `prepare` clipped at the source's."""
+    return float("-inf") if matrix.prepared else vectors.clip_threshold(matrix.values)
 
 
 def weights_of(store: Store, textset: TextSet) -> np.ndarray | None:

@@ -145,8 +145,8 @@ def place(
     exclude = []
     if same is not None and placed.revision and same.revision == placed.revision:
         exclude = [int(same.id)]  # type: ignore[arg-type]
-    # A resampled set's weights, as its stored rows have them.
-    values = vectors.weigh(placed.values, matrices.weights_of(store, ts))
+    # A resampled set's clip and weights, as its stored rows have them.
+    values, _ = matrices.prepare(store, ts, placed.values, variant, kind)
     hits = index.search(index.centre(values), k, exclude=exclude)
     return _neighbours(store, hits, index.dim, placed.tokens)
 

@@ -84,8 +84,11 @@ class TextSet(SQLModel, table=True):
     size: int
     source: str | None = None
     created_at: datetime = _now()
-    # A resampled set (`atlas textset resample`): the set its items were drawn from.
+    # A resampled set (`atlas textset resample`): the set its items were drawn from, and the
+    # source's 2% clip threshold per "variant/kind" when it was drawn (its vectors are clipped
+    # there before they are weighted).
     parent_id: int | None = None
+    clip_thresholds: dict[str, float] | None = Field(default=None, sa_column=Column(JSON))
 
 
 class TextItem(SQLModel, table=True):
