@@ -46,7 +46,7 @@ demo: setup
 # The papers' findings on a real model family (SmolLM2-135M-Instruct and fine-tunes built
 # here on CPU, cached in the user cache dir); the report goes to ./validation.
 validate: setup
-	$(BIN)/pytest -q -m validate tests/test_real_model.py
+	$(BIN)/pytest -q -n 0 -m validate tests/test_real_model.py
 	$(BIN)/python jobs/validate.py
 
 bench: setup

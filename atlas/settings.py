@@ -162,6 +162,25 @@ def hf_timeout(default: float) -> float:
         return default
 
 
+def hub_retry_delays(default: tuple[float, ...]) -> tuple[float, ...]:
+    """`ATLAS_HUB_RETRY_DELAYS`: seconds between attempts of a Hub call that failed
+    transiently, comma-separated (default `default`; an empty list: no retry)."""
+    raw = os.environ.get("ATLAS_HUB_RETRY_DELAYS")
+    if raw is None:
+        return default
+    try:
+        delays = tuple(float(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        delays = (-1.0,)
+    if any(not d >= 0 for d in delays):
+        from atlas.errors import UsageError
+
+        raise UsageError(
+            f"ATLAS_HUB_RETRY_DELAYS must be comma-separated seconds (e.g. 0.5,2,8), not {raw!r}"
+        )
+    return delays
+
+
 def _positive(name: str, default: float) -> float:
     raw = os.environ.get(name, "").strip()
     try:

@@ -39,6 +39,8 @@ def atlas_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
+    # The Hub client's retry policy (3 retries), with short waits; subprocesses inherit it.
+    monkeypatch.setenv("ATLAS_HUB_RETRY_DELAYS", "0.05,0.1,0.2")
     return home
 
 
@@ -125,3 +127,9 @@ def cli(capsys) -> Callable[..., CliResult]:
         return CliResult(code, out, err)
 
     return invoke
+
+
+def pytest_collection_modifyitems(config, items):
+    """Start the long end-to-end tests (marked `slow`) first, so that parallel workers
+    (pytest-xdist, `-n auto` in pyproject.toml) finish at about the same time."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

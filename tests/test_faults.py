@@ -302,3 +302,19 @@ def test_a_weight_file_answering_500_forever_is_bounded(cli, tmp_path, zoo_model
     assert 1 <= len(asked) <= 3 * attempts, [(r.method, r.status) for r in asked]
     assert seconds < 60, seconds
     print(f"permanently broken file: {len(asked)} requests, {seconds:.1f} s")
+
+
+def test_hub_retry_delays_come_from_the_environment(monkeypatch) -> None:
+    from atlas import settings
+    from atlas.errors import UsageError
+
+    monkeypatch.setenv("ATLAS_HUB_RETRY_DELAYS", "1, 2.5")
+    assert settings.hub_retry_delays((0.5,)) == (1.0, 2.5)
+    monkeypatch.setenv("ATLAS_HUB_RETRY_DELAYS", "")
+    assert settings.hub_retry_delays((0.5,)) == ()
+    monkeypatch.delenv("ATLAS_HUB_RETRY_DELAYS")
+    assert settings.hub_retry_delays((0.5, 2.0)) == (0.5, 2.0)
+    for bad in ("soon", "1,-1", "nan"):
+        monkeypatch.setenv("ATLAS_HUB_RETRY_DELAYS", bad)
+        with pytest.raises(UsageError, match="ATLAS_HUB_RETRY_DELAYS"):
+            settings.hub_retry_delays((0.5,))

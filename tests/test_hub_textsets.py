@@ -93,9 +93,8 @@ def test_build_errors(cli, hub) -> None:
 
 
 def test_build_with_the_hub_down_is_one_line(cli, monkeypatch) -> None:
-    from atlas.hub import client
 
-    monkeypatch.setattr(client, "RETRY_DELAYS", (0.01,))
+    monkeypatch.setenv("ATLAS_HUB_RETRY_DELAYS", "0.01")
     with LocalHub() as down:  # started, then stopped: nothing listens on its port
         endpoint = down.endpoint
     monkeypatch.setenv("HF_ENDPOINT", endpoint)

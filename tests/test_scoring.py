@@ -217,9 +217,8 @@ def test_scores_a_hub_model_by_repo_id(atlas_db, zoo_by_name, monkeypatch):
 
 
 def test_an_unreachable_hub_fails_the_model_with_download_error(cli, monkeypatch):
-    from atlas.hub import client
 
-    monkeypatch.setattr(client, "RETRY_DELAYS", (0.0, 0.0))
+    monkeypatch.setenv("ATLAS_HUB_RETRY_DELAYS", "0,0")
     with LocalHub() as down:  # started, then stopped: nothing listens on its port
         endpoint = down.endpoint
     monkeypatch.setenv("HF_ENDPOINT", endpoint)

@@ -17,7 +17,6 @@ from _sync_hub import PIECES_PER_MODEL, TINY, add_tiny, atlas_cmd, start_hub, su
 from huggingface_hub import constants
 from sqlmodel import func, select
 
-from atlas.hub import client
 from atlas.store import Store
 from atlas.store.locking import store_lock
 from atlas.store.tables import HubModel, SyncRun, Vector
@@ -30,7 +29,7 @@ NOW = datetime(2025, 6, 1, tzinfo=timezone.utc)
 
 @pytest.fixture
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(client, "RETRY_DELAYS", (0.05, 0.05, 0.05))
+    monkeypatch.setenv("ATLAS_HUB_RETRY_DELAYS", "0.05,0.05,0.05")
 
 
 def _sync(cli, db_url, *args):
@@ -167,7 +166,7 @@ def test_rescore_updated_and_limit(cli, tmp_path, zoo_models, monkeypatch) -> No
 def test_faults_are_survived_and_a_hopeless_repo_fails(
     cli, tmp_path, zoo_models, monkeypatch
 ) -> None:
-    monkeypatch.setattr(client, "RETRY_DELAYS", (0.05, 0.05, 0.05))  # the policy, only faster
+    monkeypatch.setenv("ATLAS_HUB_RETRY_DELAYS", "0.05,0.05,0.05")  # the policy, only faster
     only = [
         "atlas-zoo/llama-base", "atlas-zoo/qwen-base", "atlas-zoo/llama-chat-a",
         "atlas-zoo/qwen-chat-b",

@@ -1,7 +1,8 @@
 """The one Hub client: endpoint, token and timeout, one retry policy, weight downloads.
 
 Every Hub call atlas makes goes through `with_retries` exactly once: a transient failure (5xx,
-408, 429, timeouts, cut connections) is retried after each of `RETRY_DELAYS`, anything else is
+408, 429, timeouts, cut connections) is retried after each of `RETRY_DELAYS` (the environment's
+`ATLAS_HUB_RETRY_DELAYS` overrides them), anything else is
 raised at once. huggingface_hub's own retries (it retries `list_models` pages and failed HEADs)
 sit inside one attempt; nothing else wraps these calls again, so a permanently broken file
 costs at most `len(RETRY_DELAYS) + 1` attempts. A file whose HEAD keeps failing is not retried
@@ -112,8 +113,9 @@ def short(exc: BaseException, width: int = 200) -> str:
 def with_retries(
     what: str, call: Callable[[], Any], progress: Callable[[str], None] | None = None
 ) -> Any:
-    """Run `call`, retrying transient Hub failures after each of RETRY_DELAYS."""
-    delays = list(RETRY_DELAYS)
+    """Run `call`, retrying transient Hub failures after each of RETRY_DELAYS (or
+    `ATLAS_HUB_RETRY_DELAYS`)."""
+    delays = list(settings.hub_retry_delays(RETRY_DELAYS))
     while True:
         try:
             return call()
