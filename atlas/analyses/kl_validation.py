@@ -268,7 +268,8 @@ def validate_kl(
     """Generate, cross-score and compare Monte Carlo KL with the vector estimate.
 
     `models` are store names of local folders (`NAME=PATH`), folders, or Hub repo ids. Each
-    model is loaded twice: once to answer every prompt, once to score every model's answers.
+    model is loaded twice (the last one once): to answer every prompt, then to score every
+    model's answers, those to one prompt as one prefix tree (the prompt runs once).
     """
     import time
 
