@@ -55,16 +55,21 @@ def table(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(finding, paper, measured here, command) rows, as the README shows them."""
     kl, sh, pmi, lin = (report[k] for k in ("validate-kl", "shift", "pmi", "lineage"))
     s = sh["summary"]
-    ci = kl["spearman_ci95"]
+    sci, pci = kl["spearman_ci95"], kl["pearson_ci95"]
     return [
         ("KL estimate vs Monte Carlo KL, Spearman (Takase et al.)", "high, on 8 models",
-         f"{fmt(kl['spearman'])} [{fmt(ci[0], 2)}, {fmt(ci[1], 2)}], Pearson "
-         f"{fmt(kl['pearson'])}, {len(kl['models'])} models", "analyze validate-kl"),
+         f"{fmt(kl['spearman'])} [{fmt(sci[0], 2)}, {fmt(sci[1], 2)}], Pearson "
+         f"{fmt(kl['pearson'])} [{fmt(pci[0], 2)}, {fmt(pci[1], 2)}]; {len(kl['models'])} "
+         f"models, {kl['prompts']} prompts", "analyze validate-kl"),
         ("prompt shift additivity, median relative error", "0.062",
          fmt(s["additive"]["median"]), "analyze shift"),
         ("the same, double-centred", "0.074", fmt(s["additive_centred"]["median"]),
          "analyze shift"),
         ("mean log-likelihood change, correlation", "0.98", fmt(s["mean_change_pearson"]),
+         "analyze shift"),
+        ("shift transfer (own base + the others' mean shift), median relative error",
+         "larger than additivity",
+         ", ".join(f"{v} {fmt(e['median'], 2)}" for v, e in s["transfer"].items()),
          "analyze shift"),
         ("MI estimate vs variance approximation, Pearson", "correlated",
          f"{fmt(pmi['pearson'])} (Spearman {fmt(pmi['spearman'])})", "analyze pmi"),

@@ -141,3 +141,26 @@ def test_sliding_window_models_score_each_request_alone(zoo_by_name, pairs):
     assert engine.stats.shared == "off (sliding-window attention)"
     assert engine.stats.forward_tokens == engine.stats.unshared_tokens
     assert all(np.all(p.values < 0) for p in got.values())
+
+
+def test_answers_to_one_prompt_share_its_prefix_across_items(zoo_by_name, pairs):
+    """`groups` (validate-kl's several answers per prompt): one tree per prompt, same numbers."""
+    from atlas.errors import UsageError
+    from atlas.textsets import Item
+
+    path = zoo_by_name["atlas-zoo/qwen-chat-a"].path
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    prompts, answers = pairs[:3], [p.response for p in pairs[3:6]]
+    items = [Item(prompt=p.prompt, response=a) for a in answers for p in prompts]
+    groups = [s for _ in answers for s in range(len(prompts))]
+    piece = [("base", "conditional")]
+    alone, tree = Scorer(model, share_prefixes=False), Scorer(model)
+    want = score_items(model, tok, items, pieces=piece, scorer=alone)[piece[0]].values
+    got = score_items(model, tok, items, pieces=piece, scorer=tree, groups=groups)[piece[0]]
+    assert tree.stats.shared == "prefix-trees"
+    assert np.abs(got.values - want).max() <= TOL
+    assert tree.stats.forward_tokens < alone.stats.forward_tokens
+    assert len(got.token_counts) == len(items)
+    with pytest.raises(UsageError):
+        score_items(model, tok, items, pieces=piece, groups=groups[:-1])

@@ -104,7 +104,7 @@ def test_a_local_card_records_lineage_through_atlas_score(cli, smollm, tmp_path)
 @pytest.mark.validate
 def test_the_family_is_built_reproducibly_with_recorded_lineage(tmp_path):
     """Two builds with the same seeds give identical weights; each card names its parent."""
-    import safetensors.numpy
+    import safetensors.torch  # not .numpy: numpy has no bfloat16 (the bf16 member)
 
     try:
         base = real.materialise()
@@ -122,9 +122,12 @@ def test_the_family_is_built_reproducibly_with_recorded_lineage(tmp_path):
     for member in members:
         card = (first[member.name] / "README.md").read_text()
         assert f"base_model: {member.parent}\n" in card
-        a = safetensors.numpy.load_file(first[member.name] / "model.safetensors")
-        b = safetensors.numpy.load_file(second[member.name] / "model.safetensors")
-        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+        a = safetensors.torch.load_file(first[member.name] / "model.safetensors")
+        b = safetensors.torch.load_file(second[member.name] / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert {t.dtype for t in a.values()} == {
+            torch.bfloat16 if member.relation == "quantized" else torch.float32
+        }
         info = json.loads((first[member.name] / real.MANIFEST).read_text())
         if member.relation == "finetune":
             assert len(info["losses"]) == member.steps and all(np.isfinite(info["losses"]))

@@ -268,7 +268,8 @@ def validate_kl(
     """Generate, cross-score and compare Monte Carlo KL with the vector estimate.
 
     `models` are store names of local folders (`NAME=PATH`), folders, or Hub repo ids. Each
-    model is loaded twice: once to answer every prompt, once to score every model's answers.
+    model is loaded twice (the last one once): to answer every prompt, then to score every
+    model's answers, those to one prompt as one prefix tree (the prompt runs once).
     """
     import time
 
@@ -323,11 +324,13 @@ def validate_kl(
     logp = np.zeros((m, m, p, samples))
     pairs = [Item(prompt=chosen[s].prompt, response=responses[g][s][k])
              for g in range(m) for s in range(p) for k in range(samples)]
+    # The m * samples answers to one prompt share its rendered prefix: one prefix tree each.
+    by_prompt = [s for _ in range(m) for s in range(p) for _ in range(samples)]
     for j in reversed(range(m)):  # the last model is still loaded
         if loaded is None:
             loaded = load(j)
         say(f"{names[j]}: scoring {len(pairs)} responses")
-        values = score_items(loaded.model, loaded.tokenizer, pairs,
+        values = score_items(loaded.model, loaded.tokenizer, pairs, groups=by_prompt,
                              pieces=[("base", "conditional")])[("base", "conditional")].values
         logp[:, j] = values.reshape(m, p, samples)
         if names[j] not in rows:

@@ -563,12 +563,14 @@ def score_items(
     progress: Callable[[int], None] | None = None,
     on_piece: Callable[[ScoredVector], None] | None = None,
     scorer: Scorer | None = None,
+    groups: Sequence[int] | None = None,
 ) -> dict[Piece, ScoredVector]:
     """Score items (pairs or plain texts) for each (variant, kind) piece; no store involved.
 
     Every request is built (and every template checked) before the first forward pass, so a
     template failure costs no compute. `on_piece` sees each piece when it is finished (all at
-    once when the pieces share prefixes).
+    once when the pieces share prefixes). Items with the same `groups` key (several responses
+    to one prompt) share their common prefix's forward pass, as one item's pieces always do.
     """
     plain = is_plain(items)
     todo = list(pieces) if pieces is not None else plan_pieces(plain, variants)
@@ -584,11 +586,14 @@ def score_items(
     engine = scorer or Scorer(model, batch_tokens=batch_tokens)
     # The pieces of one item share their chat header and prompt: score them together, each
     # item's requests one group (one prefix tree); pieces are then finished all at once.
-    together = engine.share_prefixes and not plain and len(requests) > 1
+    if groups is not None and len(groups) != len(items):
+        raise UsageError(f"{len(groups)} group keys for {len(items)} items")
+    keys = list(range(len(items))) if groups is None else [int(g) for g in groups]
+    together = engine.share_prefixes and not plain and (len(requests) > 1 or groups is not None)
     if together:
         flat = [r for reqs in requests.values() for r in reqs]
-        groups = [i for reqs in requests.values() for i in range(len(reqs))]
-        allvalues = engine.score(flat, progress, groups=groups)
+        owners = [keys[i] for reqs in requests.values() for i in range(len(reqs))]
+        allvalues = engine.score(flat, progress, groups=owners)
     results: dict[Piece, ScoredVector] = {}
     for p, ((variant, kind), reqs) in enumerate(requests.items()):
         if together:
