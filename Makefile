@@ -45,7 +45,7 @@ demo: setup
 
 # The papers' findings on a real model family (SmolLM2-135M-Instruct and fine-tunes built
 # here on CPU, cached in the user cache dir); the report goes to ./validation.
-# Larger runs: make validate VALIDATE_ARGS="--pairs 32 --prompts 32 --max-new-tokens 32"
+# A quicker smoke run: make validate VALIDATE_ARGS="--pairs 4 --prompts 4 --max-new-tokens 16"
 VALIDATE_ARGS ?=
 validate: setup
 	$(BIN)/pytest -q -n 0 -m validate tests/test_real_model.py

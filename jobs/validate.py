@@ -87,9 +87,9 @@ def main() -> None:
         default=ROOT / "validation",
         help="report folder (its atlas store lives in OUT/home)",
     )
-    parser.add_argument("--pairs", type=int, default=4, help="sample pairs to score")
-    parser.add_argument("--prompts", type=int, default=4, help="validate-kl prompts")
-    parser.add_argument("--max-new-tokens", type=int, default=16, help="validate-kl answers")
+    parser.add_argument("--pairs", type=int, default=32, help="sample pairs to score")
+    parser.add_argument("--prompts", type=int, default=32, help="validate-kl prompts")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="validate-kl answers")
     parser.add_argument("--steps", type=int, default=4, help="fine-tuning steps (first level)")
     parser.add_argument("--child-steps", type=int, default=2, help="steps of the second level")
     parser.add_argument("--seed", type=int, default=0)
