@@ -268,6 +268,50 @@ def map_overlap(home: Path, k: int = 10) -> dict:
     return out
 
 
+def lineage_agreement(home: Path) -> dict:
+    """How closely `analyze lineage` at scale (kNN neighbours re-ranked exactly) agrees with the
+    exact all-pairs evaluation on this store: both run on the same models, then each evaluated
+    model's listed neighbours, base rank and KL are compared."""
+    from atlas.analyses import lineage
+    from atlas.api import Atlas
+    from atlas.space import index as kl_index
+
+    def run(exact: bool) -> tuple[lineage.LineageResult, float]:
+        saved = lineage.ALL_PAIRS_UP_TO, kl_index.ALL_PAIRS_UP_TO
+        lineage.ALL_PAIRS_UP_TO = kl_index.ALL_PAIRS_UP_TO = 10**9 if exact else 0
+        try:
+            with Atlas(f"sqlite:///{home / 'atlas.db'}", home=home) as atlas:
+                started = time.process_time()
+                result = lineage.analyze(atlas.store, "synth")
+                return result, time.process_time() - started
+        finally:
+            lineage.ALL_PAIRS_UP_TO, kl_index.ALL_PAIRS_UP_TO = saved
+
+    exact, exact_s = run(True)
+    knn, knn_s = run(False)
+    pairs = list(zip(exact.rows, knn.rows, strict=True))
+    assert all(a.model == b.model for a, b in pairs)
+
+    def share(test: object) -> float:
+        return round(float(np.mean([test(a, b) for a, b in pairs])), 4)  # type: ignore[operator]
+
+    return {
+        "models": exact.n_models, "evaluated": len(pairs),
+        "exact_cpu_s": round(exact_s, 1), "knn_cpu_s": round(knn_s, 1),
+        "precision_exact": exact.precision, "precision_knn": knn.precision,
+        "hit_exact": exact.hit, "hit_knn": knn.hit,
+        "same_nearest": share(lambda a, b: a.neighbours[:1] == b.neighbours[:1]),
+        "same_top5_in_order": share(lambda a, b: a.neighbours == b.neighbours),
+        "same_top5_as_set": share(lambda a, b: set(a.neighbours) == set(b.neighbours)),
+        "same_base_rank": share(lambda a, b: a.base_rank == b.base_rank
+                                or (a.base_rank > lineage.DEPTH and b.base_rank == 0)),
+        "same_first_relative_rank": share(
+            lambda a, b: a.first_relative_rank == b.first_relative_rank),
+        "max_kl_base_rel_diff": float(max(abs(a.kl_base - b.kl_base) / a.kl_base
+                                          for a, b in pairs)),
+    }  # fmt: skip
+
+
 LABELS = [
     ("store_gb", "store size (GB)"),
     ("help", "`atlas --help`"),
@@ -323,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--overlap", action="store_true",
                         help="compare the approximate t-SNE with the exact one (first size)")
+    parser.add_argument("--lineage-agreement", action="store_true",
+                        help="compare `analyze lineage` at scale with the exact one (first size)")
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.models.split(",") if x]
     if args.big:
@@ -338,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"  built in {info['build_s']:.0f} s, {store_gb(home):.2f} GB")
         if args.build_only:
             continue
+        if args.lineage_agreement:
+            _say(f"lineage, kNN against every pair, on {n:,} models")
+            print(json.dumps(lineage_agreement(home)))
+            return 0
         if args.overlap:
             _say(f"t-SNE overlap on {n:,} models")
             print(json.dumps(map_overlap(home)))
