@@ -9,6 +9,7 @@ RSS), both from wait4; on a busy machine the CPU time is the steadier figure:
     python benchmarks/scale.py                        # 1,000 / 5,000 / 20,000 models x 10,000 texts
     python benchmarks/scale.py --models 300 --texts 500 --timeout 120   # a smoke run
     python benchmarks/scale.py --big                  # 100,000 models too (~16 GB of disk)
+    python benchmarks/scale.py --models 5000 --postgres postgresql+psycopg://postgres@127.0.0.1:5432
 
 To time another version of atlas on the same stores, put its source first on PYTHONPATH (the
 commands run from the store's folder, so the checkout's own package is not picked up there).
@@ -47,6 +48,28 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+POSTGRES: str | None = None  # a server URL (--postgres): each store is a database there
+
+
+def database_url(home: Path) -> str:
+    """The store of `home`: its SQLite file, or its database on the --postgres server."""
+    if POSTGRES is None:
+        return f"sqlite:///{home / 'atlas.db'}"
+    return f"{POSTGRES.rstrip('/')}/atlas_bench_{home.name.replace('-', '_')}"
+
+
+def _fresh_database(home: Path) -> None:
+    """An empty Postgres database for the store of `home` (dropped first if it exists)."""
+    from sqlalchemy import create_engine, text
+
+    name = database_url(home).rsplit("/", 1)[1]
+    engine = create_engine(f"{POSTGRES.rstrip('/')}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+
+
 # --- the store --------------------------------------------------------------------------------
 
 
@@ -70,14 +93,14 @@ def _types(families: int) -> list[str]:
 
 
 def build_store(home: Path, n_models: int, n_texts: int, *, batch: int = 250) -> dict:
-    """A synthetic atlas of `n_models` models in `home` (SQLite), built through the API."""
+    """A synthetic atlas of `n_models` models in `home` (or its --postgres database)."""
     from atlas.api import Atlas
     from atlas.store.tables import HubModel, Vector
     from atlas.textsets import Item, import_items
 
     home.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    atlas = Atlas(f"sqlite:///{home / 'atlas.db'}", home=home)
+    atlas = Atlas(database_url(home), home=home)
     store = atlas.store
     items = [Item(prompt=f"prompt {i}", response=f"response {i}") for i in range(n_texts)]
     ts = import_items(store, "synth", items).textset
@@ -127,7 +150,7 @@ def add_models(home: Path, n_texts: int, count: int, tag: str) -> None:
     from atlas.api import Atlas
     from atlas.store.tables import HubModel, Vector
 
-    with Atlas(f"sqlite:///{home / 'atlas.db'}", home=home) as atlas:
+    with Atlas(database_url(home), home=home) as atlas:
         store = atlas.store
         ts = store.textset("synth")
         synth = Synth(n_texts, families=8, seed=9)
@@ -152,7 +175,7 @@ def reset(home: Path) -> None:
     from atlas.api import Atlas
     from atlas.store.tables import HubModel, MapSnapshot
 
-    with Atlas(f"sqlite:///{home / 'atlas.db'}", home=home) as atlas, atlas.store.session() as s:
+    with Atlas(database_url(home), home=home) as atlas, atlas.store.session() as s:
         s.exec(delete(MapSnapshot))  # points cascade
         s.exec(delete(HubModel).where(col(HubModel.repo_id).startswith(f"{EXTRA}/")))
     for sub in ("maps", "indexes"):
@@ -166,7 +189,7 @@ def reset(home: Path) -> None:
 def timed(home: Path, args: list[str], timeout: float) -> dict:
     """Run `atlas ARGS` against the store; wall seconds, peak RSS (GB), exit status."""
     env = {**os.environ, "ATLAS_HOME": str(home),
-           "ATLAS_DATABASE_URL": f"sqlite:///{home / 'atlas.db'}"}  # fmt: skip
+           "ATLAS_DATABASE_URL": database_url(home)}  # fmt: skip
     started = time.perf_counter()
     proc = subprocess.Popen([*ATLAS, *args], env=env, stdout=subprocess.DEVNULL, cwd=home,
                             stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
@@ -193,7 +216,15 @@ def timed(home: Path, args: list[str], timeout: float) -> dict:
 
 
 def store_gb(home: Path) -> float:
-    return sum(p.stat().st_size for p in home.glob("atlas.db*")) / 1e9
+    if POSTGRES is None:
+        return sum(p.stat().st_size for p in home.glob("atlas.db*")) / 1e9
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url(home))
+    with engine.connect() as conn:
+        size = conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one()
+    engine.dispose()
+    return size / 1e9
 
 
 def measure(home: Path, n_texts: int, timeout: float, only: set[str] | None) -> dict:
@@ -237,7 +268,7 @@ def map_overlap(home: Path, k: int = 10) -> dict:
     from atlas.api import Atlas
     from atlas.space import maps, matrices, vectors
 
-    with Atlas(f"sqlite:///{home / 'atlas.db'}", home=home) as atlas:
+    with Atlas(database_url(home), home=home) as atlas:
         m = matrices.load(atlas.store, "synth", with_tokens=False)
     threshold = vectors.clip_threshold(m.values)
     Q, _ = maps.reference(m.values, threshold)
@@ -280,7 +311,7 @@ def lineage_agreement(home: Path) -> dict:
         saved = lineage.ALL_PAIRS_UP_TO, kl_index.ALL_PAIRS_UP_TO
         lineage.ALL_PAIRS_UP_TO = kl_index.ALL_PAIRS_UP_TO = 10**9 if exact else 0
         try:
-            with Atlas(f"sqlite:///{home / 'atlas.db'}", home=home) as atlas:
+            with Atlas(database_url(home), home=home) as atlas:
                 started = time.process_time()
                 result = lineage.analyze(atlas.store, "synth")
                 return result, time.process_time() - started
@@ -361,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big", action="store_true", help="also 100,000 models")
     parser.add_argument("--cache", type=Path, default=ROOT / ".bench-cache",
                         help="where the built stores are kept")  # fmt: skip
+    parser.add_argument("--postgres", default=None, metavar="SERVER_URL",
+                        help="keep the stores on this Postgres server, one database per size "
+                        "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432), not in SQLite")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per command")
     parser.add_argument("--only", default=None, help="only these measurements (comma-separated)")
     parser.add_argument("--build-only", action="store_true", help="build the stores, time nothing")
@@ -374,11 +408,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.big:
         sizes.append(100_000)
     only = set(args.only.split(",")) if args.only else None
+    global POSTGRES
+    POSTGRES = args.postgres
     results: dict[int, dict] = {}
     for n in sizes:
-        home = args.cache / f"{n}x{args.texts}"
+        home = args.cache / f"{'pg-' if POSTGRES else ''}{n}x{args.texts}"
         if not (home / "built.json").exists():
             shutil.rmtree(home, ignore_errors=True)
+            if POSTGRES:
+                _fresh_database(home)
             _say(f"building {n:,} models x {args.texts:,} texts in {home}")
             info = build_store(home, n, args.texts)
             _say(f"  built in {info['build_s']:.0f} s, {store_gb(home):.2f} GB")
