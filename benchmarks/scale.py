@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -186,32 +185,48 @@ def reset(home: Path) -> None:
 # --- timing -----------------------------------------------------------------------------------
 
 
+# Runs one command for `timed` and reports its wall time, CPU time, peak RSS and exit status.
+# A small process of its own, so the command's peak RSS (wait4's ru_maxrss also counts the
+# process it was forked from, before its exec) is not this benchmark's own memory.
+LAUNCHER = """
+import os, signal, sys, time
+timeout, argv = float(sys.argv[1]), sys.argv[2:]
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.execvp(argv[0], argv)
+killed = False
+while True:
+    done, status, usage = os.wait4(pid, os.WNOHANG)
+    if done:
+        break
+    if time.perf_counter() - started > timeout:
+        os.killpg(pid, signal.SIGKILL)
+        killed = True
+        _, status, usage = os.wait4(pid, 0)
+        break
+    time.sleep(0.02)
+wall = time.perf_counter() - started
+print(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss,
+      os.waitstatus_to_exitcode(status), int(killed), file=sys.stdout, flush=True)
+"""
+
+
 def timed(home: Path, args: list[str], timeout: float) -> dict:
-    """Run `atlas ARGS` against the store; wall seconds, peak RSS (GB), exit status."""
+    """Run `atlas ARGS` against the store; wall and CPU seconds, peak RSS (GB), exit status."""
     env = {**os.environ, "ATLAS_HOME": str(home),
            "ATLAS_DATABASE_URL": database_url(home)}  # fmt: skip
-    started = time.perf_counter()
-    proc = subprocess.Popen([*ATLAS, *args], env=env, stdout=subprocess.DEVNULL, cwd=home,
-                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
-    killed = False
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() - started > timeout:
-            os.killpg(proc.pid, signal.SIGKILL)
-            killed = True
-            _, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.02)
-    wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    row = {"s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-           "rss_gb": round(usage.ru_maxrss / 2**20, 2), "rc": proc.returncode,
-           "killed": killed}  # fmt: skip
-    if proc.returncode and not killed:
-        row["stderr"] = err.strip().splitlines()[-3:]
+    with open(os.devnull, "rb") as null:
+        proc = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, str(timeout), *ATLAS, *args],
+                              env=env, cwd=home, stdin=null, capture_output=True)  # fmt: skip
+    wall, cpu, rss, rc, killed = proc.stdout.decode().split()
+    row = {"s": round(float(wall), 2), "cpu_s": round(float(cpu), 2),
+           "rss_gb": round(int(rss) / 2**20, 2), "rc": int(rc),
+           "killed": bool(int(killed))}  # fmt: skip
+    if row["rc"] and not row["killed"]:
+        row["stderr"] = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
     return row
 
 
