@@ -333,6 +333,7 @@ def lineage_agreement(home: Path) -> dict:
         finally:
             lineage.ALL_PAIRS_UP_TO, kl_index.ALL_PAIRS_UP_TO = saved
 
+    reset(home)  # the built models only
     exact, exact_s = run(True)
     knn, knn_s = run(False)
     pairs = list(zip(exact.rows, knn.rows, strict=True))
