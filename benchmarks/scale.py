@@ -9,6 +9,7 @@ RSS), both from wait4; on a busy machine the CPU time is the steadier figure:
     python benchmarks/scale.py                        # 1,000 / 5,000 / 20,000 models x 10,000 texts
     python benchmarks/scale.py --models 300 --texts 500 --timeout 120   # a smoke run
     python benchmarks/scale.py --big                  # 100,000 models too (~16 GB of disk)
+    python benchmarks/scale.py --models 5000 --postgres postgresql+psycopg://postgres@127.0.0.1:5432
 
 To time another version of atlas on the same stores, put its source first on PYTHONPATH (the
 commands run from the store's folder, so the checkout's own package is not picked up there).
@@ -24,7 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -45,6 +45,28 @@ ATLAS = [sys.executable, "-m", "atlas"]
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+POSTGRES: str | None = None  # a server URL (--postgres): each store is a database there
+
+
+def database_url(home: Path) -> str:
+    """The store of `home`: its SQLite file, or its database on the --postgres server."""
+    if POSTGRES is None:
+        return f"sqlite:///{home / 'atlas.db'}"
+    return f"{POSTGRES.rstrip('/')}/atlas_bench_{home.name.replace('-', '_')}"
+
+
+def _fresh_database(home: Path) -> None:
+    """An empty Postgres database for the store of `home` (dropped first if it exists)."""
+    from sqlalchemy import create_engine, text
+
+    name = database_url(home).rsplit("/", 1)[1]
+    engine = create_engine(f"{POSTGRES.rstrip('/')}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
 
 
 # --- the store --------------------------------------------------------------------------------
@@ -70,14 +92,14 @@ def _types(families: int) -> list[str]:
 
 
 def build_store(home: Path, n_models: int, n_texts: int, *, batch: int = 250) -> dict:
-    """A synthetic atlas of `n_models` models in `home` (SQLite), built through the API."""
+    """A synthetic atlas of `n_models` models in `home` (or its --postgres database)."""
     from atlas.api import Atlas
     from atlas.store.tables import HubModel, Vector
     from atlas.textsets import Item, import_items
 
     home.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    atlas = Atlas(f"sqlite:///{home / 'atlas.db'}", home=home)
+    atlas = Atlas(database_url(home), home=home)
     store = atlas.store
     items = [Item(prompt=f"prompt {i}", response=f"response {i}") for i in range(n_texts)]
     ts = import_items(store, "synth", items).textset
@@ -127,7 +149,7 @@ def add_models(home: Path, n_texts: int, count: int, tag: str) -> None:
     from atlas.api import Atlas
     from atlas.store.tables import HubModel, Vector
 
-    with Atlas(f"sqlite:///{home / 'atlas.db'}", home=home) as atlas:
+    with Atlas(database_url(home), home=home) as atlas:
         store = atlas.store
         ts = store.textset("synth")
         synth = Synth(n_texts, families=8, seed=9)
@@ -152,7 +174,7 @@ def reset(home: Path) -> None:
     from atlas.api import Atlas
     from atlas.store.tables import HubModel, MapSnapshot
 
-    with Atlas(f"sqlite:///{home / 'atlas.db'}", home=home) as atlas, atlas.store.session() as s:
+    with Atlas(database_url(home), home=home) as atlas, atlas.store.session() as s:
         s.exec(delete(MapSnapshot))  # points cascade
         s.exec(delete(HubModel).where(col(HubModel.repo_id).startswith(f"{EXTRA}/")))
     for sub in ("maps", "indexes"):
@@ -163,37 +185,61 @@ def reset(home: Path) -> None:
 # --- timing -----------------------------------------------------------------------------------
 
 
+# Runs one command for `timed` and reports its wall time, CPU time, peak RSS and exit status.
+# A small process of its own, so the command's peak RSS (wait4's ru_maxrss also counts the
+# process it was forked from, before its exec) is not this benchmark's own memory.
+LAUNCHER = """
+import os, signal, sys, time
+timeout, argv = float(sys.argv[1]), sys.argv[2:]
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.execvp(argv[0], argv)
+killed = False
+while True:
+    done, status, usage = os.wait4(pid, os.WNOHANG)
+    if done:
+        break
+    if time.perf_counter() - started > timeout:
+        os.killpg(pid, signal.SIGKILL)
+        killed = True
+        _, status, usage = os.wait4(pid, 0)
+        break
+    time.sleep(0.02)
+wall = time.perf_counter() - started
+print(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss,
+      os.waitstatus_to_exitcode(status), int(killed), file=sys.stdout, flush=True)
+"""
+
+
 def timed(home: Path, args: list[str], timeout: float) -> dict:
-    """Run `atlas ARGS` against the store; wall seconds, peak RSS (GB), exit status."""
+    """Run `atlas ARGS` against the store; wall and CPU seconds, peak RSS (GB), exit status."""
     env = {**os.environ, "ATLAS_HOME": str(home),
-           "ATLAS_DATABASE_URL": f"sqlite:///{home / 'atlas.db'}"}  # fmt: skip
-    started = time.perf_counter()
-    proc = subprocess.Popen([*ATLAS, *args], env=env, stdout=subprocess.DEVNULL, cwd=home,
-                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
-    killed = False
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() - started > timeout:
-            os.killpg(proc.pid, signal.SIGKILL)
-            killed = True
-            _, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.02)
-    wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    row = {"s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-           "rss_gb": round(usage.ru_maxrss / 2**20, 2), "rc": proc.returncode,
-           "killed": killed}  # fmt: skip
-    if proc.returncode and not killed:
-        row["stderr"] = err.strip().splitlines()[-3:]
+           "ATLAS_DATABASE_URL": database_url(home)}  # fmt: skip
+    with open(os.devnull, "rb") as null:
+        proc = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, str(timeout), *ATLAS, *args],
+                              env=env, cwd=home, stdin=null, capture_output=True)  # fmt: skip
+    wall, cpu, rss, rc, killed = proc.stdout.decode().split()
+    row = {"s": round(float(wall), 2), "cpu_s": round(float(cpu), 2),
+           "rss_gb": round(int(rss) / 2**20, 2), "rc": int(rc),
+           "killed": bool(int(killed))}  # fmt: skip
+    if row["rc"] and not row["killed"]:
+        row["stderr"] = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
     return row
 
 
 def store_gb(home: Path) -> float:
-    return sum(p.stat().st_size for p in home.glob("atlas.db*")) / 1e9
+    if POSTGRES is None:
+        return sum(p.stat().st_size for p in home.glob("atlas.db*")) / 1e9
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url(home))
+    with engine.connect() as conn:
+        size = conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one()
+    engine.dispose()
+    return size / 1e9
 
 
 def measure(home: Path, n_texts: int, timeout: float, only: set[str] | None) -> dict:
@@ -237,7 +283,7 @@ def map_overlap(home: Path, k: int = 10) -> dict:
     from atlas.api import Atlas
     from atlas.space import maps, matrices, vectors
 
-    with Atlas(f"sqlite:///{home / 'atlas.db'}", home=home) as atlas:
+    with Atlas(database_url(home), home=home) as atlas:
         m = matrices.load(atlas.store, "synth", with_tokens=False)
     threshold = vectors.clip_threshold(m.values)
     Q, _ = maps.reference(m.values, threshold)
@@ -266,6 +312,51 @@ def map_overlap(home: Path, k: int = 10) -> dict:
     out["overlap_approx_vs_exact"] = round(overlap(approx), 3)
     out["overlap_exact_other_seed"] = round(overlap(reseeded), 3)
     return out
+
+
+def lineage_agreement(home: Path) -> dict:
+    """How closely `analyze lineage` at scale (kNN neighbours re-ranked exactly) agrees with the
+    exact all-pairs evaluation on this store: both run on the same models, then each evaluated
+    model's listed neighbours, base rank and KL are compared."""
+    from atlas.analyses import lineage
+    from atlas.api import Atlas
+    from atlas.space import index as kl_index
+
+    def run(exact: bool) -> tuple[lineage.LineageResult, float]:
+        saved = lineage.ALL_PAIRS_UP_TO, kl_index.ALL_PAIRS_UP_TO
+        lineage.ALL_PAIRS_UP_TO = kl_index.ALL_PAIRS_UP_TO = 10**9 if exact else 0
+        try:
+            with Atlas(database_url(home), home=home) as atlas:
+                started = time.process_time()
+                result = lineage.analyze(atlas.store, "synth")
+                return result, time.process_time() - started
+        finally:
+            lineage.ALL_PAIRS_UP_TO, kl_index.ALL_PAIRS_UP_TO = saved
+
+    reset(home)  # the built models only
+    exact, exact_s = run(True)
+    knn, knn_s = run(False)
+    pairs = list(zip(exact.rows, knn.rows, strict=True))
+    assert all(a.model == b.model for a, b in pairs)
+
+    def share(test: object) -> float:
+        return round(float(np.mean([test(a, b) for a, b in pairs])), 4)  # type: ignore[operator]
+
+    return {
+        "models": exact.n_models, "evaluated": len(pairs),
+        "exact_cpu_s": round(exact_s, 1), "knn_cpu_s": round(knn_s, 1),
+        "precision_exact": exact.precision, "precision_knn": knn.precision,
+        "hit_exact": exact.hit, "hit_knn": knn.hit,
+        "same_nearest": share(lambda a, b: a.neighbours[:1] == b.neighbours[:1]),
+        "same_top5_in_order": share(lambda a, b: a.neighbours == b.neighbours),
+        "same_top5_as_set": share(lambda a, b: set(a.neighbours) == set(b.neighbours)),
+        "same_base_rank": share(lambda a, b: a.base_rank == b.base_rank
+                                or (a.base_rank > lineage.DEPTH and b.base_rank == 0)),
+        "same_first_relative_rank": share(
+            lambda a, b: a.first_relative_rank == b.first_relative_rank),
+        "max_kl_base_rel_diff": float(max(abs(a.kl_base - b.kl_base) / a.kl_base
+                                          for a, b in pairs)),
+    }  # fmt: skip
 
 
 LABELS = [
@@ -317,27 +408,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big", action="store_true", help="also 100,000 models")
     parser.add_argument("--cache", type=Path, default=ROOT / ".bench-cache",
                         help="where the built stores are kept")  # fmt: skip
+    parser.add_argument("--postgres", default=None, metavar="SERVER_URL",
+                        help="keep the stores on this Postgres server, one database per size "
+                        "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432), not in SQLite")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per command")
     parser.add_argument("--only", default=None, help="only these measurements (comma-separated)")
     parser.add_argument("--build-only", action="store_true", help="build the stores, time nothing")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--overlap", action="store_true",
                         help="compare the approximate t-SNE with the exact one (first size)")
+    parser.add_argument("--lineage-agreement", action="store_true",
+                        help="compare `analyze lineage` at scale with the exact one (first size)")
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.models.split(",") if x]
     if args.big:
         sizes.append(100_000)
     only = set(args.only.split(",")) if args.only else None
+    global POSTGRES
+    POSTGRES = args.postgres
     results: dict[int, dict] = {}
     for n in sizes:
-        home = args.cache / f"{n}x{args.texts}"
+        home = args.cache / f"{'pg-' if POSTGRES else ''}{n}x{args.texts}"
         if not (home / "built.json").exists():
             shutil.rmtree(home, ignore_errors=True)
+            if POSTGRES:
+                _fresh_database(home)
             _say(f"building {n:,} models x {args.texts:,} texts in {home}")
             info = build_store(home, n, args.texts)
             _say(f"  built in {info['build_s']:.0f} s, {store_gb(home):.2f} GB")
         if args.build_only:
             continue
+        if args.lineage_agreement:
+            _say(f"lineage, kNN against every pair, on {n:,} models")
+            print(json.dumps(lineage_agreement(home)))
+            return 0
         if args.overlap:
             _say(f"t-SNE overlap on {n:,} models")
             print(json.dumps(map_overlap(home)))

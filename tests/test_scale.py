@@ -173,6 +173,30 @@ def test_lineage_from_neighbours_equals_the_matrix_version():
         [r.kl_nearest_other for r in want.rows])  # fmt: skip
 
 
+def test_lineage_and_export_neighbours_at_scale_match_the_exact_path(store, settings, monkeypatch):
+    """On a store: `analyze lineage` and the export's neighbour lists agree between the exact
+    path (every pair, float64) and the one used at scale (kNN, float32), switched on early."""
+    from atlas.export import snapshot
+
+    ts = make_textset(store, N_TEXTS)
+    raw = clustered(48, N_TEXTS, clusters=6, seed=8)
+    names = [f"f{i % 6}/m{i}" for i in range(48)]
+    for i, (name, row) in enumerate(zip(names, raw, strict=True)):
+        put_vector(store, ts, name, row, base_models=[names[i % 6]] if i >= 6 else [])
+    maps.refresh(store, settings, method="pca")
+    want, want_near = lineage.analyze(store, "synth"), snapshot.gather(store).neighbours
+    for module in (lineage, kl_index, snapshot):
+        monkeypatch.setattr(module, "ALL_PAIRS_UP_TO", 10)
+    got, got_near = lineage.analyze(store, "synth"), snapshot.gather(store).neighbours
+    assert got.precision == pytest.approx(want.precision)
+    assert [(r.model, r.neighbours, r.base_rank, r.first_relative_rank) for r in got.rows] == [
+        (r.model, r.neighbours, r.base_rank, r.first_relative_rank) for r in want.rows]
+    assert [r.kl_base for r in got.rows] == pytest.approx([r.kl_base for r in want.rows], rel=1e-4)
+    assert [[j for j, _ in row] for row in got_near] == [[j for j, _ in row] for row in want_near]
+    assert [kl for row in got_near for _, kl in row] == pytest.approx(
+        [kl for row in want_near for _, kl in row], rel=1e-4)  # fmt: skip
+
+
 def test_lineage_figure_is_bounded_for_many_models(tmp_path):
     from PIL import Image
 

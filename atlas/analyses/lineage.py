@@ -37,6 +37,11 @@ def relatives(
     """For each model whose base is among `names`: relative -> "base" or "sibling"."""
     present = {_key(n): n for n in names}
     recorded = {n: {_key(b) for b in bases.get(n, ())} - {_key(n)} for n in names}
+    position = {n: i for i, n in enumerate(names)}
+    children: dict[str, list[str]] = {}  # recorded base -> the models that record it, in order
+    for name in names:
+        for b in recorded[name]:
+            children.setdefault(b, []).append(name)
     out: dict[str, dict[str, str]] = {}
     for name in names:
         own = recorded[name]
@@ -44,8 +49,10 @@ def relatives(
         if not in_atlas:
             continue
         rel = {b: "base" for b in in_atlas}
-        for other in names:
-            if other != name and other not in rel and own & recorded[other]:
+        # Siblings share a recorded base: found through `children`, not by testing every model.
+        shared = {other for b in own for other in children[b]}
+        for other in sorted(shared, key=position.__getitem__):
+            if other != name and other not in rel:
                 rel[other] = "sibling"
         out[name] = rel
     return out

@@ -147,8 +147,10 @@ def gather(
             threshold = vectors.clip_threshold(own[kept])
         if len(kept) <= ALL_PAIRS_UP_TO:
             Xi = vectors.center(vectors.clip(chosen, threshold))
-        else:  # float32, one copy
-            Xi = np.maximum(chosen, np.asarray(threshold, dtype=chosen.dtype)).astype(f32)
+        else:  # float32, one copy (`own[kept]` is one already), clipped and centred in place
+            Xi = chosen.astype(f32, copy=False)
+            del chosen
+            np.maximum(Xi, np.asarray(threshold, dtype=f32), out=Xi)
             Xi -= Xi.mean(axis=1, dtype=np.float64, keepdims=True).astype(f32)
         for local, near in zip(kept, top_neighbours(Xi, neighbours), strict=True):
             found[int(local)] = [(int(kept[j]), kl) for j, kl in near]
