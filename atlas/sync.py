@@ -20,23 +20,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from atlas import textsets
-from atlas.errors import AtlasError, ModelFailure, UsageError
+from atlas.errors import UsageError
 from atlas.hub import client, discovery
 from atlas.hub.discovery import Filters
+from atlas.pipeline import ScoreOptions, process_model, refresh_derived, resolve_textset
 from atlas.queue import ensure_queue_schema, require_queue
 from atlas.queue.enqueue import enqueue_models
-from atlas.scoring import rescore, service
+from atlas.scoring import rescore
 from atlas.settings import Settings
-from atlas.space import index, maps
 from atlas.store import Store, queries
 from atlas.store.locking import store_lock
 from atlas.store.tables import HubModel, TextSet
 
 Progress = Callable[[str], None]
-# Deaths in the forward pass in a row after which a model fails `interrupted` (the scoring
-# service counts them; kills while downloading or loading do not count).
-MAX_ATTEMPTS = service.MAX_FORWARD_DEATHS
 
 
 @dataclass(frozen=True)
@@ -56,6 +52,11 @@ class SyncOptions:
     full: bool = False
     rescore_outdated: bool = False
     enqueue: bool = False  # put scoring jobs on the Postgres queue instead of scoring here
+
+    @property
+    def scoring(self) -> ScoreOptions:
+        """How each model of the run is scored."""
+        return ScoreOptions(self.variants, self.device, self.dtype, self.keep_weights)
 
     def with_overrides(self, **overrides: Any) -> SyncOptions:
         """A copy with fields of these options, or of their filters, replaced."""
@@ -160,33 +161,6 @@ class SyncSummary:
         return line + (" (stopped)" if self.stopped else "")
 
 
-# --- scoring one model -------------------------------------------------------------------------
-
-
-def score_hub_model(
-    store: Store,
-    model: HubModel,
-    textset: TextSet,
-    options: SyncOptions,
-    settings: Settings,
-    say: Progress,
-    *,
-    max_attempts: int | None = None,
-) -> Any:
-    """Download (safetensors and tokenizer files) and score one Hub model at its revision.
-
-    The scoring service records `scoring` / `scored` / `failed` and resumes from stored pieces;
-    Hub calls are retried once, inside the Hub client.
-    """
-    return service.score_model(
-        store, model.repo_id, textset.name, revision=model.revision,
-        variants=options.variants, device=options.device or "auto",
-        dtype=options.dtype or "auto", log=say,
-        weights_dir=settings.weights_dir,
-        max_forward_deaths=max_attempts or service.MAX_FORWARD_DEATHS,
-    )  # fmt: skip
-
-
 # --- the queue ------------------------------------------------------------------------------
 
 
@@ -260,14 +234,6 @@ def stop_on_signals(stop: threading.Event, say: Progress | None = None) -> Itera
 
 
 # --- the run --------------------------------------------------------------------------------
-
-
-def resolve_textset(store: Store, name: str) -> TextSet:
-    """The text set to score on; the packaged sample is imported on first use."""
-
-    if name == textsets.SAMPLE_NAME:
-        return textsets.ensure_sample(store)
-    return store.textset(name)
 
 
 def sync(
@@ -373,7 +339,7 @@ def _run(
             say("stop requested: leaving the rest of the queue for the next sync")
             break
         say(f"[{i}/{len(queue)}] {model.repo_id}@{(model.revision or '?')[:12]}")
-        status, reason = process_model(store, model, textset, options, settings, say)
+        status, reason = process_model(store, model, textset, options.scoring, settings, say)
         if status == "scored":
             summary.scored.append(model.repo_id)
         elif status == "skipped":
@@ -396,71 +362,6 @@ def _run(
         summary.refreshed = refresh_derived(store, settings, textset, say)
     summary.seconds = time.monotonic() - started
     return summary
-
-
-def process_model(
-    store: Store,
-    model: HubModel,
-    textset: TextSet,
-    options: SyncOptions,
-    settings: Settings,
-    say: Progress,
-    *,
-    max_attempts: int = MAX_ATTEMPTS,
-) -> tuple[str, str | None]:
-    """Download, score and record one model; returns its final (status, reason).
-
-    Used by `atlas sync` and by queue workers (`atlas.queue.tasks`).
-    """
-    repo = model.repo_id
-    invalid = discovery.invalid_id(repo)
-    if invalid is not None:  # recorded by an older atlas: never scorable
-        store.set_status(repo, "skipped", discovery.INVALID_ID, invalid)
-        say(f"  skipped: invalid-id ({invalid})")
-        return "skipped", "invalid-id"
-    if not model.revision:
-        store.set_status(repo, "failed", "download-error", "the Hub gave no revision for it")
-        return "failed", "download-error"
-    started = time.monotonic()
-    try:
-        with client.quiet_bars():  # loading through transformers turns the Hub's bars back on
-            score_hub_model(store, model, textset, options, settings, say,
-                            max_attempts=max_attempts)  # fmt: skip
-    except ModelFailure as failure:  # recorded by the scoring service
-        say(f"  failed: {failure.reason} ({client.short(failure, 160)})")
-        return "failed", failure.reason
-    except AtlasError:
-        raise
-    except Exception as exc:  # recorded by the scoring service as `error`; the run goes on
-        say(f"  failed: error ({type(exc).__name__}: {client.short(exc, 160)})")
-        return "failed", "error"
-    finally:
-        if not options.keep_weights:
-            client.remove_weights(settings.weights_dir, repo)
-    say(f"  scored in {time.monotonic() - started:.1f} s")
-    return "scored", None
-
-
-# --- derived data ---------------------------------------------------------------------------
-
-
-def refresh_derived(store: Store, settings: Settings, textset: TextSet, say: Progress) -> list[str]:
-    """Refresh the text set's saved nearest-neighbour indexes and the stored map series."""
-    refreshed: list[str] = []
-    try:
-        if index.saved_keys(settings, textset):
-            for key, done in index.refresh_indexes(store, settings, textset).items():
-                refreshed.append(f"index {key} ({done.action})")
-    except Exception as exc:  # derived data can be rebuilt; never lose a sync over it
-        say(f"refreshing the index failed: {client.short(exc)}")
-    try:
-        for done in maps.refresh_all(store, settings, progress=say):
-            refreshed.append(f"map {done.snapshot.id} ({done.mode})")
-    except Exception as exc:
-        say(f"refreshing the maps failed: {client.short(exc)}")
-    for line in refreshed:
-        say(f"refreshed {line}")
-    return refreshed
 
 
 def summary_rows(summary: SyncSummary) -> Sequence[tuple[str, str]]:

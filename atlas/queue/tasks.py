@@ -15,13 +15,13 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
+from atlas.pipeline import ScoreOptions, process_model, refresh_derived, resolve_textset
 from atlas.queue import SCORE_TASK
 from atlas.queue.enqueue import defer_refresh
 from atlas.settings import Settings
 from atlas.store import Store
 from atlas.store.queue import active_jobs, model_lock
 from atlas.store.tables import utcnow
-from atlas.sync import SyncOptions, process_model, refresh_derived, resolve_textset
 
 # Failure reasons that may pass (the network, the Hub, memory); their jobs are retried.
 PASSING = ("download-error", "out-of-memory", "error")
@@ -108,10 +108,10 @@ def _score(
     if revision and model.revision != revision:
         env.say(f"{repo_id}: the Hub revision changed since it was queued; scoring the newest")
     ts = resolve_textset(store, textset)
-    options = SyncOptions(
-        textset=textset, device=env.device, dtype=dtype,
-        variants=tuple(variants) if variants else None, keep_weights=env.keep_weights,
-    )  # fmt: skip
+    options = ScoreOptions(
+        variants=tuple(variants) if variants else None, device=env.device, dtype=dtype,
+        keep_weights=env.keep_weights,
+    )
     attempt = job.attempts + 1
     env.say(f"job {job.id}: {repo_id}@{(model.revision or '?')[:12]} on {textset} "
             f"(attempt {attempt})")  # fmt: skip
